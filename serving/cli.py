@@ -1,0 +1,52 @@
+"""The `carrara` command: parse arguments, run one command, turn domain errors into one line.
+
+Start-up must stay fast (`carrara --help` in well under a second), so this module and the
+`serving.commands` modules import only the standard library at the top; each command imports
+its machinery when it runs, and only `apply` and `train` pay for importing Feast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from serving.commands import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carrara",
+        description="Feature store and LightGBM prediction server on Feast's Redis layout.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in COMMANDS:
+        module.add(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    from serving.errors import CarraraError, UsageError
+
+    try:
+        return int(args.run(args))
+    except UsageError as exc:
+        print(f"carrara {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except CarraraError as exc:
+        print(f"carrara {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"carrara {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Shared fixtures: a real redis-server on a free loopback port, and an applied sample world.
+
+The server is started once per session (`--save "" --appendonly no`), polled with PING and
+stopped by its pid; every test using `redis_url` starts from an empty server. A missing
+`redis-server` binary fails loudly: these tests are not optional.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD_END = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server process; `stop`/`start` simulate an outage on the same port."""
+
+    port: int
+    workdir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
+            )
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise OSError(
+                    f"redis-server exited with {self.process.returncode} on port {self.port}"
+                )
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise TimeoutError(f"redis-server on port {self.port} did not answer PING within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    workdir = tmp_path_factory.mktemp("redis")
+    for _attempt in range(5):  # another process may grab the port between probe and bind
+        server = RedisServer(port=free_port(), workdir=workdir)
+        try:
+            server.start()
+            break
+        except OSError:
+            server.stop()
+    else:
+        pytest.fail("could not start redis-server on a free loopback port in 5 attempts")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    if redis_server.process is None:  # a test stopped it to simulate an outage
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+def write_repo(target: Path, data_dir: Path, redis_port: int) -> Path:
+    """A copy of feature_repo/ whose online store is the test's redis-server."""
+    shutil.copytree(
+        ROOT / "feature_repo", target, ignore=shutil.ignore_patterns("data", "__pycache__")
+    )
+    config = (target / "feature_store.yaml").read_text()
+    config = config.replace('"127.0.0.1:6379"', f'"127.0.0.1:{redis_port}"')
+    (target / "feature_store.yaml").write_text(config)
+    (target / "data").mkdir()
+    for parquet in data_dir.glob("*.parquet"):
+        shutil.copy(parquet, target / "data" / parquet.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def world_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small sample world (Parquet only), generated once per session."""
+    from serving.sample_data import WorldSpec, generate
+
+    out = tmp_path_factory.mktemp("world")
+    generate(WorldSpec(out=out, drivers=300, zones=16, hours=30, end=WORLD_END))
+    return out
+
+
+@pytest.fixture(scope="session")
+def applied_repo(
+    tmp_path_factory: pytest.TempPathFactory, world_data: Path, redis_server: RedisServer
+) -> Path:
+    """feature_repo/ with the sample world, `carrara apply`'d once (Feast apply is ~8 s)."""
+    from serving.feature_repo import apply_repo
+
+    repo = write_repo(
+        tmp_path_factory.mktemp("repo") / "feature_repo", world_data, redis_server.port
+    )
+    apply_repo(repo)
+    return repo
