@@ -73,10 +73,16 @@ class WorldSpec:
     @property
     def expected_rows(self) -> int:
         zones_rows = self.zones * (self.hours + 1) * 3600 // SLOT_S
-        route_rows = self.zones**2 * (self.hours // 24 + 2)
+        route_rows = self.zones**2 * len(self.route_days)
         return (
             zones_rows + route_rows + self.drivers * (self.hours + 1) + self.n_trips + self.n_surge
         )
+
+    @property
+    def route_days(self) -> range:
+        """Daily route snapshots (epoch s), from the day before the window's first day."""
+        first_day = (_epoch_s(self.start) // 86_400 - 1) * 86_400
+        return range(first_day, _epoch_s(self.end), 86_400)
 
     @property
     def n_trips(self) -> int:
@@ -287,11 +293,8 @@ def _route_batches(spec: WorldSpec, city: City) -> Iterator[pa.Table]:
     road_km = _road_km(city, pickup, dropoff)
     mean_traffic = city.traffic.mean(axis=1)
     speed = _base_speed_kph((mean_traffic[pickup] + mean_traffic[dropoff]) / 2, np.zeros(1))
-    day_s = 86_400
-    first_day = (_epoch_s(spec.start) // day_s - 1) * day_s
-    days = range(first_day, _epoch_s(spec.end), day_s)
     rng = np.random.default_rng([spec.seed, 5])
-    for day in days:
+    for day in spec.route_days:
         avg = road_km / speed * 3600 * (1 + rng.normal(0, 0.03, len(pickup)))
         yield pa.table(
             {

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 DEFAULT_REPO = Path("feature_repo")
 DEFAULT_REGISTRY = Path("models")
 
-Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time
+    Subparsers = argparse._SubParsersAction
 
 
 def repo_option(parser: argparse.ArgumentParser) -> None:

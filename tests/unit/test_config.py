@@ -1,0 +1,67 @@
+"""Settings: Feast's connection string as a URL, overrides, and secrets kept out of text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from serving.config import ENV_REDIS_URL, feast_connection_url, redact, redis_settings
+from serving.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("connection_string", "url"),
+    [
+        ("localhost:6379", "redis://localhost:6379/0"),
+        ("127.0.0.1:7000,db=3", "redis://127.0.0.1:7000/3"),
+        (
+            "redis.internal:6380,ssl=true,password=p@ss/w",
+            "rediss://:p%40ss%2Fw@redis.internal:6380/0",
+        ),
+        ("h1:1,h2:2", "redis://h1:1/0"),
+    ],
+)
+def test_feast_connection_string_becomes_a_url(connection_string: str, url: str) -> None:
+    assert feast_connection_url(connection_string) == url
+
+
+def test_redact_hides_the_password_only() -> None:
+    assert redact("rediss://user:secret@host:6380/1") == "rediss://user:***@host:6380/1"
+    assert redact("redis://host:6379/0") == "redis://host:6379/0"
+
+
+def write_repo(tmp_path: Path, online_store: str) -> Path:
+    (tmp_path / "feature_store.yaml").write_text(
+        f"project: p\nregistry: data/registry.db\nonline_store:\n{online_store}"
+    )
+    return tmp_path
+
+
+def test_settings_follow_yaml_then_env_then_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = write_repo(
+        tmp_path, "  type: redis\n  connection_string: 127.0.0.1:7001\n  key_ttl_seconds: 60\n"
+    )
+    monkeypatch.delenv(ENV_REDIS_URL, raising=False)
+    assert redis_settings(repo).url == "redis://127.0.0.1:7001/0"
+    assert redis_settings(repo).key_ttl_s == 60
+    monkeypatch.setenv(ENV_REDIS_URL, "redis://127.0.0.1:7002/1")
+    assert redis_settings(repo).url == "redis://127.0.0.1:7002/1"
+    assert redis_settings(repo, "redis://127.0.0.1:7003/2").url == "redis://127.0.0.1:7003/2"
+
+
+def test_bad_url_is_refused_without_leaking_the_password(tmp_path: Path) -> None:
+    repo = write_repo(tmp_path, "  type: redis\n")
+    with pytest.raises(UsageError) as info:
+        redis_settings(repo, "http://user:secret@host:1")
+    assert "secret" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_non_redis_online_store_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_REDIS_URL, raising=False)
+    repo = write_repo(tmp_path, "  type: sqlite\n")
+    with pytest.raises(UsageError, match="Redis online stores only"):
+        redis_settings(repo)
