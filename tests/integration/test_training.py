@@ -1,0 +1,181 @@
+"""Training on the sample world: models beat their naive baselines; cards, registry, CLI.
+
+The models are the session's `trained_registry` (eta and pricing trained with their default
+specs on the small test world, `applied_repo`), so the suite trains them once.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from serving.cli import main
+from serving.errors import DataError, PlanError
+from serving.feature_repo import ensure_plan
+from serving.plan import Column
+from serving.registry import ModelRegistry
+from serving.training import SPECS, model_spec, train
+from tests.conftest import WORLD_END
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Observed on this world's shape (sample-data seeds 7, 8, 9; world ends at 03:00, 09:10,
+# 14:00, 20:35; LightGBM seeds 1 and 7): the holdout MAE is 70-73 % (ETA) and 73-76 %
+# (pricing) below every baseline's, RMSE 63-77 % below; seeds move it by under 3 points.
+# Asserting 50 % and 40 % leaves a 20-point margin: the gap is structural (labels follow
+# traffic, vehicle, demand/supply, which the baselines ignore), not a lucky draw.
+MIN_MAE_GAIN_PCT = 50.0
+MIN_RMSE_GAIN_PCT = 40.0
+
+
+@pytest.fixture(scope="module")
+def registry(trained_registry: Path) -> ModelRegistry:
+    return ModelRegistry(trained_registry)
+
+
+def iso(hours_before_end: float) -> str:
+    return (WORLD_END - timedelta(hours=hours_before_end)).isoformat()
+
+
+@pytest.mark.parametrize("kind", ["eta", "pricing"])
+def test_model_beats_every_naive_baseline_on_the_holdout(
+    registry: ModelRegistry, kind: str
+) -> None:
+    metrics = registry.card(kind).metrics
+    assert set(metrics.baselines) == {b.name for b in SPECS[kind].baselines}
+    for baseline in metrics.baselines:
+        gain = metrics.improvement_pct(baseline)
+        assert gain.mae >= MIN_MAE_GAIN_PCT, (baseline, metrics)
+        assert gain.rmse >= MIN_RMSE_GAIN_PCT, (baseline, metrics)
+
+
+def test_eta_card_names_features_inputs_and_levels(
+    registry: ModelRegistry, applied_repo: Path
+) -> None:
+    plan = ensure_plan(applied_repo)
+    card = registry.card("eta")
+    service_order = [
+        f"{p.name}__{f}" for p in plan.feature_service("eta_v1").projections for f in p.features
+    ]
+    assert list(card.feature_refs) == service_order
+    assert card.feature_types["driver_stats__vehicle_type"] == "String"
+    assert card.categorical_levels == {
+        "driver_stats__vehicle_type": ("comfort", "economy", "moto", "xl")
+    }
+    assert card.entities == tuple(
+        Column(name, "Int64") for name in ("driver_id", "pickup_zone_id", "dropoff_zone_id")
+    )
+    assert card.request_fields == (
+        *(Column(n, "Float64") for n in ("pickup_lat", "pickup_lon", "dropoff_lat", "dropoff_lon")),
+        Column("request_ts_s", "Int64"),
+    )
+    loaded = registry.load("eta", plan)
+    assert loaded.booster.feature_name() == list(card.feature_refs)
+    assert loaded.booster.num_trees() == card.best_iteration
+
+
+def test_card_records_window_rows_and_provenance(
+    registry: ModelRegistry, applied_repo: Path
+) -> None:
+    card = registry.card("pricing")
+    labels = pd.read_parquet(applied_repo / SPECS["pricing"].label_table)
+    rows = card.rows
+    assert rows.train + rows.validation + rows.holdout == len(labels)
+    assert rows.holdout == card.metrics.rows
+    assert rows.holdout >= 0.15 * len(labels)
+    assert card.window.start == labels.event_timestamp.min()
+    assert card.window.end == labels.event_timestamp.max()
+    assert card.window.start < card.window.holdout_start < card.window.end <= WORLD_END
+    assert re.fullmatch("[0-9a-f]{64}", card.data_fingerprint)
+    assert card.registry_fingerprint == ensure_plan(applied_repo).registry_fingerprint
+    assert card.library_versions["lightgbm"].startswith("4.")
+    assert card.params["deterministic"] is True
+    assert card.entities == (Column("zone_id", "Int64"),)
+    assert card.request_fields == (Column("request_ts_s", "Int64"),)
+
+
+def test_retraining_is_deterministic_and_lands_in_staging(
+    trained_registry: Path, applied_repo: Path, tmp_path: Path
+) -> None:
+    shutil.copytree(trained_registry, tmp_path / "models")
+    registry = ModelRegistry(tmp_path / "models")
+    first = registry.card("pricing")
+    again = train(model_spec("pricing"), applied_repo, registry, seed=7)
+    assert (again.registration.version, again.registration.alias) == (2, "staging")
+    assert again.card.data_fingerprint == first.data_fingerprint
+    assert again.card.model_sha256 == first.model_sha256
+    assert registry.aliases("pricing") == {"production": 1, "staging": 2}
+
+
+def test_train_command_prints_the_comparison_and_registers(
+    applied_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--repo", str(applied_repo), "--registry", str(tmp_path / "models")]
+    window = ["--start", iso(20), "--end", iso(4)]
+    assert main(["train", "pricing", *args, *window]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"train pricing: [0-9,]+ labels .* \(train [0-9,]+, validation", out)
+    assert re.search(r"holdout \(\d+ rows\) +MAE +RMSE", out)
+    assert re.search(r"last_surge +[0-9.]+ +[0-9.]+ +[+-]\d+\.\d%, [+-]\d+\.\d%", out)
+    assert "registered pricing:1 as pricing@production (first version: production" in out
+    card = ModelRegistry(tmp_path / "models").card("pricing")
+    assert card.window.start >= WORLD_END - timedelta(hours=20)
+    assert card.window.end < WORLD_END - timedelta(hours=4)
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (
+            ["train", "surge"],
+            2,
+            re.escape("carrara train: unknown model kind 'surge' (known: eta, pricing)"),
+        ),
+        (
+            ["train", "eta", "--start", iso(-24)],
+            1,
+            "carrara train: label table .*trips.parquet has no labelled rows in the window",
+        ),
+        (
+            ["train", "eta", "--start", iso(10), "--end", iso(10 - 1 / 12)],
+            1,
+            "carrara train: .* labelled rows split by time into .* each needs at least 30",
+        ),
+    ],
+)
+def test_bad_train_arguments_are_one_clear_line(
+    applied_repo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    code: int,
+    message: str,
+) -> None:
+    args = ["--repo", str(applied_repo), "--registry", str(tmp_path / "models")]
+    assert main([*argv, *args]) == code
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(message + ".*", err), err
+    assert "\n" not in err
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"label": "fare"}, DataError, "trips.parquet has no column 'fare'"),
+        ({"feature_service": "eta_v9"}, PlanError, "no feature service 'eta_v9'"),
+        ({"label_table": "data/nowhere.parquet"}, DataError, "cannot read label table"),
+    ],
+)
+def test_bad_spec_is_refused_naming_what_is_wrong(
+    applied_repo: Path, tmp_path: Path, change: dict[str, str], error: type, message: str
+) -> None:
+    spec = replace(SPECS["eta"], **change)
+    with pytest.raises(error, match=message):
+        train(spec, applied_repo, ModelRegistry(tmp_path / "models"))
