@@ -20,7 +20,9 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parents[1]
-WORLD_END = datetime(2026, 11, 1, tzinfo=UTC)
+_NOW = datetime.now(UTC).replace(second=0, microsecond=0)
+# The test world ends now (to 5 minutes) so that served features are fresh, not stale.
+WORLD_END = _NOW.replace(minute=_NOW.minute - _NOW.minute % 5)
 
 
 @dataclass
@@ -137,7 +139,16 @@ def world_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from serving.sample_data import WorldSpec, generate
 
     out = tmp_path_factory.mktemp("world")
-    generate(WorldSpec(out=out, drivers=300, zones=16, hours=30, end=WORLD_END))
+    spec = WorldSpec(
+        out=out,
+        drivers=300,
+        zones=16,
+        hours=30,
+        end=WORLD_END,
+        trips=4_000,
+        surge_observations=3_000,
+    )
+    generate(spec)
     return out
 
 
@@ -153,3 +164,46 @@ def applied_repo(
     )
     apply_repo(repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+def trained_registry(applied_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model registry holding eta:1 and pricing:1 (production), trained on the test world."""
+    from serving.registry import ModelRegistry
+    from serving.training import model_spec, train
+
+    root = tmp_path_factory.mktemp("models")
+    registry = ModelRegistry(root)
+    for kind in ("eta", "pricing"):
+        train(model_spec(kind), applied_repo, registry)
+    return root
+
+
+def materialize_world(repo: Path, redis_url: str) -> None:
+    """`carrara materialize` of the whole test world into `redis_url`."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    start = (WORLD_END - timedelta(days=3)).isoformat()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "materialize",
+            "--repo",
+            str(repo),
+            "--start",
+            start,
+            "--end",
+            WORLD_END.isoformat(),
+            "--redis-url",
+            redis_url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr

@@ -26,7 +26,7 @@ def add(commands: Subparsers) -> None:
         "--end",
         type=timestamp,
         default=None,
-        help="end of the window, ISO-8601 (default: the current hour, so the data is fresh)",
+        help="end of the window, ISO-8601 (default: now, to 5 minutes, so the data is fresh)",
     )
     p.set_defaults(run=run)
 
@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from serving.progress import Progress
     from serving.sample_data import WorldSpec, generate
 
-    end = args.end or datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    end = args.end or now.replace(minute=now.minute - now.minute % 5)
     spec = WorldSpec(
         out=args.out,
         drivers=args.drivers,

@@ -1,0 +1,160 @@
+"""gRPC handlers: protobuf <-> domain types, and the one table from errors to status codes.
+
+Thin by design: each handler converts the request, calls the predictor, converts back. Every
+handler runs inside `_guard`, so no RPC can leak a traceback or `str()` of an unexpected
+exception to a client: those become INTERNAL with a generic message and go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+
+from serving.columns import read_columns, to_values, wire_type
+from serving.errors import (
+    CarraraError,
+    InvalidRequestError,
+    ModelError,
+    NotFoundError,
+    StoreUnavailableError,
+)
+from serving.metrics import Metrics
+from serving.pb.carrara.v1 import prediction_pb2 as pb
+from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from serving.prediction import Predictor
+
+log = logging.getLogger(__name__)
+
+# Most specific class first; anything else is INTERNAL.
+STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode], ...] = (
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (ModelError, grpc.StatusCode.FAILED_PRECONDITION),  # a version on disk is broken
+)
+# online_store.Status (MISSING 0, PRESENT 1, STALE 2) -> the wire's FeatureStatus
+WIRE_STATUS = np.array([pb.MISSING, pb.PRESENT, pb.STALE], dtype=np.int32)
+DEFAULT_TIMEOUT_S = 1.0  # Redis timeout when the client sets no deadline
+
+
+class PredictionServicer(pb_grpc.PredictionServiceServicer):
+    # Method names are grpc's (N802).
+    def __init__(self, predictor: Predictor, metrics: Metrics, max_rows: int) -> None:
+        self._predictor = predictor
+        self._metrics = metrics
+        self._max_rows = max_rows
+
+    def Predict(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
+        with self._guard(context, "Predict", request.model):
+            model = self._predictor.model(request.model)
+            entities, rows = read_columns(
+                "entities", request.entities, model.entities, self._max_rows
+            )
+            request_data, data_rows = read_columns(
+                "request_data", request.request_data, model.request_fields, self._max_rows
+            )
+            if model.request_fields and data_rows != rows:
+                raise InvalidRequestError(
+                    f"request_data has {data_rows} rows but entities have {rows}"
+                )
+            result = model.predict(entities, request_data, rows, _timeout_s(context))
+            response = pb.PredictResponse(
+                model=model.name,
+                model_version=model.version,
+                predictions=result.predictions.tolist(),
+                missing_features=result.missing_per_row.tolist(),
+            )
+            if request.return_features:
+                response.feature_names.extend(model.feature_names)
+                response.features.extend(
+                    pb.DoubleList(values=row) for row in result.features.tolist()
+                )
+            return response
+        return pb.PredictResponse()  # unreachable: _guard aborted the RPC
+
+    def GetOnlineFeatures(
+        self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
+    ) -> pb.GetOnlineFeaturesResponse:
+        with self._guard(context, "GetOnlineFeatures", request.feature_service or "refs"):
+            if bool(request.feature_service) == bool(request.features):
+                raise InvalidRequestError(
+                    "give either feature_service or features, not both or none"
+                )
+            lookup = self._predictor.lookup(request.feature_service or None, list(request.features))
+            entities, rows = read_columns(
+                "entities", request.entities, lookup.entities, self._max_rows
+            )
+            result = lookup.read(entities, rows, _timeout_s(context))
+            response = pb.GetOnlineFeaturesResponse()
+            for column in result:
+                response.features.append(
+                    pb.FeatureColumn(
+                        name=column.name,
+                        type=wire_type(column.dtype),
+                        values=to_values(column.values, column.dtype),
+                        event_timestamps_us=column.event_timestamps_us.tolist(),
+                        statuses=WIRE_STATUS[column.statuses].tolist(),
+                    )
+                )
+            return response
+        return pb.GetOnlineFeaturesResponse()
+
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        with self._guard(context, "ListModels", ""):
+            return pb.ListModelsResponse(
+                models=[
+                    pb.ModelInfo(
+                        name=info.name,
+                        versions=info.versions,
+                        aliases=info.aliases,
+                        feature_service=info.feature_service,
+                        entities=[
+                            pb.Input(name=c.name, type=wire_type(c.dtype)) for c in info.entities
+                        ],
+                        request_data=[
+                            pb.Input(name=c.name, type=wire_type(c.dtype))
+                            for c in info.request_fields
+                        ],
+                    )
+                    for info in self._predictor.model_infos()
+                ]
+            )
+        return pb.ListModelsResponse()
+
+    @contextmanager
+    def _guard(self, context: grpc.ServicerContext, method: str, model: str) -> Iterator[None]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except CarraraError as exc:
+            code = next(
+                (c for cls, c in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL
+            )
+            log.warning("%s model=%s status=%s error=%s", method, model, code.name, exc)
+            self._metrics.observe(method, model, code.name, time.perf_counter() - started)
+            context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else "internal error")
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s model=%s status=INTERNAL", method, model)
+            self._metrics.observe(method, model, code.name, time.perf_counter() - started)
+            context.abort(code, "internal error; see the server log")
+        else:
+            self._metrics.observe(method, model, code.name, time.perf_counter() - started)
+
+
+def _timeout_s(context: grpc.ServicerContext) -> float:
+    remaining: float | None = context.time_remaining()
+    return DEFAULT_TIMEOUT_S if remaining is None else max(0.001, min(remaining, 30.0))

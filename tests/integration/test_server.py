@@ -1,0 +1,398 @@
+"""The prediction service through a real stub, against a real server, Redis and registry."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from serving import codec
+from serving.client import PredictionClient, to_values
+from serving.config import RedisSettings
+from serving.online_store import OnlineStore, RowBatch
+from serving.pb.carrara.v1 import prediction_pb2 as pb
+from serving.errors import ModelError
+from serving.model_aliases import pushed, read_aliases, write_aliases
+from serving.registry import ModelRegistry
+from serving.server import Server, ServerSettings
+from tests.conftest import RedisServer, materialize_world
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MAX_ROWS = 50
+
+
+@pytest.fixture(scope="module")
+def registry_root(trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy: these tests promote and break versions."""
+    root = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(trained_registry, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(applied_repo: Path, registry_root: Path, redis_server: RedisServer) -> Iterator[Server]:
+    if redis_server.process is None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    materialize_world(applied_repo, redis_server.url)
+    settings = ServerSettings(
+        repo=applied_repo,
+        registry=registry_root,
+        port=0,
+        redis_url=redis_server.url,
+        metrics_port=0,
+        max_rows=MAX_ROWS,
+        watch_interval_s=0.2,
+    )
+    server = Server(settings)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> Iterator[PredictionClient]:
+    with PredictionClient(f"127.0.0.1:{server.port}", timeout_s=5) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def trips(applied_repo: Path) -> pd.DataFrame:
+    return pd.read_parquet(applied_repo / "data" / "trips.parquet").tail(20)
+
+
+def eta_inputs(
+    trips: pd.DataFrame,
+) -> tuple[dict[str, list[int]], dict[str, list[float] | list[int]]]:
+    entities = {
+        c: trips[c].astype(int).tolist() for c in ("driver_id", "pickup_zone_id", "dropoff_zone_id")
+    }
+    request: dict[str, list[float] | list[int]] = {
+        c: trips[c].astype(float).tolist()
+        for c in ("pickup_lat", "pickup_lon", "dropoff_lat", "dropoff_lon")
+    }
+    request["request_ts_s"] = trips["request_ts_s"].astype(int).tolist()
+    return entities, request
+
+
+def booster(registry_root: Path, ref: str) -> lgb.Booster:
+    return ModelRegistry(registry_root).load(ref).booster
+
+
+def test_eta_scores_equal_booster_predict_on_the_served_vector(
+    client: PredictionClient, trips: pd.DataFrame, registry_root: Path
+) -> None:
+    entities, request = eta_inputs(trips)
+    reply = client.predict("eta", entities, request, return_features=True)
+    assert reply.model == "eta"
+    assert reply.model_version == "1"
+    features = np.array([list(row.values) for row in reply.features])
+    assert features.shape == (len(trips), len(reply.feature_names))
+    expected = booster(registry_root, "eta:1").predict(features)
+    np.testing.assert_array_equal(np.array(reply.predictions), expected)
+    assert list(reply.missing_features) == [0] * len(trips)
+
+
+def test_single_row_takes_the_same_answer_as_a_batch(
+    client: PredictionClient, trips: pd.DataFrame
+) -> None:
+    entities, request = eta_inputs(trips)
+    batch = client.predict("eta", entities, request).predictions
+    for i in (0, 7):
+        one = client.predict(
+            "eta",
+            {k: v[i : i + 1] for k, v in entities.items()},
+            {k: v[i : i + 1] for k, v in request.items()},
+        )
+        assert one.predictions[0] == batch[i]
+
+
+def test_served_features_are_the_latest_rows_of_the_parquet(
+    client: PredictionClient, applied_repo: Path, trips: pd.DataFrame
+) -> None:
+    entities, request = eta_inputs(trips.head(3))
+    reply = client.predict("eta", entities, request, return_features=True)
+    names = list(reply.feature_names)
+    drivers = pd.read_parquet(applied_repo / "data" / "driver_stats.parquet")
+    for row, driver_id in enumerate(entities["driver_id"]):
+        latest = drivers[drivers.driver_id == driver_id].sort_values("event_timestamp").iloc[-1]
+        served = reply.features[row].values
+        assert served[names.index("driver_stats__avg_speed_kph_7d")] == float(
+            np.float32(latest.avg_speed_kph_7d)
+        )
+        assert served[names.index("driver_stats__trips_today")] == latest.trips_today
+    distance = reply.features[0].values[names.index("trip_geometry__haversine_km")]
+    assert 0 < distance < 20
+
+
+def test_unknown_driver_is_scored_with_its_features_missing(
+    client: PredictionClient, trips: pd.DataFrame
+) -> None:
+    entities, request = eta_inputs(trips.head(1))
+    entities["driver_id"] = [10**12]
+    reply = client.predict("eta", entities, request, return_features=True)
+    driver_columns = [
+        i for i, n in enumerate(reply.feature_names) if n.startswith("driver_stats__")
+    ]
+    assert reply.missing_features[0] == len(driver_columns) == 7
+    assert all(math.isnan(reply.features[0].values[i]) for i in driver_columns)
+    assert math.isfinite(reply.predictions[0])
+
+
+def test_stale_features_count_as_missing(
+    client: PredictionClient, server: Server, trips: pd.DataFrame
+) -> None:
+    plan = server.predictor.plan
+    view = plan.feature_view("driver_stats")
+    driver_id = 10**9
+    key = codec.encode_entity_keys(["driver_id"], ["Int64"], [[driver_id]], plan.project)
+    two_days_ago = int((time.time() - 2 * 86_400) * 1e6)
+    values = [
+        codec.encode_values(f.dtype, [None if f.dtype == "String" else 1]) for f in view.features
+    ]
+    store = OnlineStore(RedisSettings(url=server.settings.redis_url or ""), plan.project)
+    store.write_view(
+        view.name,
+        [f.name for f in view.features],
+        [RowBatch(keys=key, event_ts=codec.encode_timestamps([two_days_ago]), values=values)],
+    )
+    store.close()
+    entities, request = eta_inputs(trips.head(1))
+    entities["driver_id"] = [driver_id]
+    reply = client.predict("eta", entities, request)
+    assert reply.missing_features[0] == 7  # ttl is 26 h: every driver feature is stale
+
+
+def test_pricing_needs_only_its_own_inputs(client: PredictionClient) -> None:
+    reply = client.predict(
+        "pricing@production", {"zone_id": [1, 2, 3]}, {"request_ts_s": [int(time.time())] * 3}
+    )
+    assert len(reply.predictions) == 3
+    assert all(1.0 <= p <= 4.0 for p in reply.predictions)
+
+
+def test_list_models_is_enough_to_build_a_valid_request(client: PredictionClient) -> None:
+    models = {m.name: m for m in client.list_models().models}
+    assert set(models) == {"eta", "pricing"}
+    eta = models["eta"]
+    assert eta.feature_service == "eta_v1"
+    assert eta.aliases["production"] == "1"
+    assert {(i.name, i.type) for i in eta.entities} == {
+        ("driver_id", pb.INT64),
+        ("pickup_zone_id", pb.INT64),
+        ("dropoff_zone_id", pb.INT64),
+    }
+    assert ("pickup_lat", pb.DOUBLE) in {(i.name, i.type) for i in eta.request_data}
+    sample = {pb.INT64: [1], pb.DOUBLE: [44.0]}
+    reply = client.predict(
+        "eta",
+        {i.name: sample[i.type] for i in eta.entities},
+        {i.name: sample[i.type] for i in eta.request_data},
+    )
+    assert len(reply.predictions) == 1
+
+
+def test_get_online_features_by_service_and_by_refs(client: PredictionClient) -> None:
+    reply = client.online_features({"zone_id": [1, 10**9]}, feature_service="pricing_v1")
+    columns = {c.name: c for c in reply.features}
+    surge = columns["zone_stats__surge_15m"]
+    assert surge.type == pb.DOUBLE
+    assert list(surge.statuses) == [pb.PRESENT, pb.MISSING]
+    assert surge.event_timestamps_us[0] > 0
+    assert surge.event_timestamps_us[1] == 0
+    by_ref = client.online_features({"driver_id": [1]}, features=["driver_stats:vehicle_type"])
+    (vehicle,) = by_ref.features
+    assert vehicle.name == "driver_stats__vehicle_type"
+    assert vehicle.values.string_values.values[0] in {"economy", "comfort", "xl", "moto"}
+
+
+def rpc_error(call: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("model", "needle"),
+    [("nope", "'nope'"), ("eta@canary", "'canary'"), ("eta:99", "version 99")],
+)
+def test_unknown_model_alias_or_version_is_not_found(
+    client: PredictionClient, model: str, needle: str
+) -> None:
+    error = rpc_error(lambda: client.predict(model, {"zone_id": [1]}))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert needle in error.details()
+
+
+def test_bad_requests_are_invalid_argument_naming_the_field(
+    client: PredictionClient, trips: pd.DataFrame
+) -> None:
+    entities, request = eta_inputs(trips.head(2))
+    cases = [
+        ({**entities, "driver_id": [1]}, request, "entities.driver_id has 1 values, expected 2"),
+        (
+            {k: v for k, v in entities.items() if k != "pickup_zone_id"},
+            request,
+            "entities.pickup_zone_id is missing",
+        ),
+        ({**entities, "driver_id": ["a", "b"]}, request, "entities.driver_id must be int64"),
+        (
+            entities,
+            {k: v for k, v in request.items() if k != "pickup_lat"},
+            "request_data.pickup_lat is missing",
+        ),
+        (entities, {**request, "pickup_lat": [float("nan"), 1.0]}, "request_data.pickup_lat row 0"),
+        ({k: [] for k in entities}, {k: [] for k in request}, "no rows"),
+        (
+            {k: v * 30 for k, v in entities.items()},
+            {k: v * 30 for k, v in request.items()},
+            f"limit of {MAX_ROWS}",
+        ),
+    ]
+    for bad_entities, bad_request, needle in cases:
+        error = rpc_error(lambda e=bad_entities, r=bad_request: client.predict("eta", e, r))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, needle
+        assert needle in error.details()
+
+
+def test_health_reflection_and_metrics_are_served(server: Server, client: PredictionClient) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    health = health_pb2_grpc.HealthStub(channel).Check(
+        health_pb2.HealthCheckRequest(service="carrara.v1.PredictionService"), timeout=5
+    )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+    )
+    services = {s.name for r in replies for s in r.list_services_response.service}
+    assert "carrara.v1.PredictionService" in services
+    channel.close()
+    client.list_models()
+    body = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+    )
+    assert 'carrara_requests_total{code="OK",method="ListModels",model=""}' in body
+    assert "carrara_request_latency_seconds_bucket" in body
+
+
+def test_promotion_is_picked_up_without_failing_requests(
+    server: Server, client: PredictionClient, registry_root: Path
+) -> None:
+    registry = ModelRegistry(registry_root)
+    card = registry.card("pricing:1")
+    text = (registry_root / "pricing" / "1" / "model.txt").read_text()
+    version = registry.register(text, card).version
+    failures: list[Exception] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                client.predict("pricing", {"zone_id": [1]}, {"request_ts_s": [int(time.time())]})
+            except grpc.RpcError as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        registry.promote("pricing", version, "production")
+        deadline = time.monotonic() + 10
+        served = "1"
+        while served != str(version) and time.monotonic() < deadline:
+            served = client.predict(
+                "pricing", {"zone_id": [1]}, {"request_ts_s": [0]}
+            ).model_version
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join()
+    assert served == str(version)
+    assert failures == []
+    registry.rollback("pricing", "production")
+
+
+def test_broken_new_version_is_refused_and_the_old_one_keeps_serving(
+    server: Server, client: PredictionClient, registry_root: Path
+) -> None:
+    registry = ModelRegistry(registry_root)
+    card = registry.card("eta:1")
+    text = (registry_root / "eta" / "1" / "model.txt").read_text()
+    version = registry.register(text, card).version
+    (registry_root / "eta" / str(version) / "model.txt").write_text("tree\ngarbage\n")
+    with pytest.raises(ModelError, match="checksum"):
+        registry.promote("eta", version, "production")  # the registry refuses it...
+    model_dir = registry_root / "eta"  # ...so move the alias by hand, as a careless script would
+    write_aliases(model_dir, pushed(read_aliases(model_dir), "production", version, "promote"))
+    time.sleep(1.0)  # several watch intervals
+    reply = client.predict(
+        "eta",
+        {"driver_id": [1], "pickup_zone_id": [1], "dropoff_zone_id": [2]},
+        {
+            "pickup_lat": [44.0],
+            "pickup_lon": [10.0],
+            "dropoff_lat": [44.01],
+            "dropoff_lon": [10.01],
+            "request_ts_s": [int(time.time())],
+        },
+    )
+    assert reply.model_version == "1"
+    registry.rollback("eta", "production")
+
+
+def test_redis_outage_is_unavailable_then_recovers(
+    server: Server, client: PredictionClient, redis_server: RedisServer, applied_repo: Path
+) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    health = health_pb2_grpc.HealthStub(channel)
+    redis_server.stop()
+    try:
+        started = time.monotonic()
+        error = rpc_error(
+            lambda: client.predict("pricing", {"zone_id": [1]}, {"request_ts_s": [0]})
+        )
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - started < 5
+        assert "redis://127.0.0.1" in error.details()
+        deadline = time.monotonic() + 5
+        status = None
+        while status != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
+            status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            time.sleep(0.1)
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        redis_server.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if (
+            health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            == health_pb2.HealthCheckResponse.SERVING
+        ):
+            break
+        time.sleep(0.1)
+    reply = client.predict("pricing", {"zone_id": [1]}, {"request_ts_s": [0]})
+    assert reply.missing_features[0] > 0  # the restarted Redis is empty, and that is data
+    channel.close()
+
+
+def test_values_helper_maps_python_types() -> None:
+    assert to_values([1, 2]).WhichOneof("kind") == "int64_values"
+    assert to_values([1.5]).WhichOneof("kind") == "double_values"
+    assert to_values(["a"]).WhichOneof("kind") == "string_values"
+    assert to_values([True]).WhichOneof("kind") == "bool_values"

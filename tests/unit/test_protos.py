@@ -1,0 +1,72 @@
+"""The committed generated code is what the .proto generates, and the contract holds."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+from serving.pb.carrara.v1 import prediction_pb2 as pb
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_regenerate():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("regenerate", ROOT / "protos" / "regenerate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["regenerate"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_code_is_up_to_date(tmp_path: Path) -> None:
+    written = load_regenerate().generate(tmp_path)
+    committed = ROOT / "serving" / "pb"
+    assert written
+    for path in written:
+        relative = path.relative_to(tmp_path)
+        assert (committed / relative).read_text() == path.read_text(), (
+            f"serving/pb/{relative} is stale: run `python protos/regenerate.py`"
+        )
+
+
+def test_contract_field_numbers_are_as_designed() -> None:
+    predict = pb.PredictRequest.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in predict.items()} == {
+        "model": 1,
+        "entities": 2,
+        "request_data": 3,
+        "return_features": 4,
+    }
+    response = pb.PredictResponse.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in response.items()} == {
+        "model": 1,
+        "model_version": 2,
+        "predictions": 3,
+        "missing_features": 4,
+        "feature_names": 5,
+        "features": 6,
+    }
+    info = pb.ModelInfo.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in info.items()} == {
+        "name": 1,
+        "versions": 2,
+        "aliases": 3,
+        "feature_service": 4,
+        "entities": 5,
+        "request_data": 6,
+    }
+    values = pb.Values.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in values.items()} == {
+        "int64_values": 1,
+        "double_values": 2,
+        "string_values": 3,
+        "bool_values": 4,
+    }
+    assert pb.DESCRIPTOR.package == "carrara.v1"
+    assert [m.name for m in pb.DESCRIPTOR.services_by_name["PredictionService"].methods] == [
+        "Predict",
+        "GetOnlineFeatures",
+        "ListModels",
+    ]

@@ -1,0 +1,77 @@
+"""The scorer equals Booster.predict, on the fast single-row path and the batch path."""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from serving.scorer import Scorer
+
+N_FEATURES = 6
+
+
+@pytest.fixture(scope="module")
+def booster() -> lgb.Booster:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2_000, N_FEATURES))
+    x[rng.random(x.shape) < 0.05] = np.nan
+    x[:, 5] = rng.integers(0, 4, len(x))  # a categorical column
+    y = np.nan_to_num(x[:, 0]) * 3 + np.sin(np.nan_to_num(x[:, 1])) + (x[:, 5] == 2) * 2
+    data = lgb.Dataset(x, y, categorical_feature=[5], params={"verbose": -1})
+    valid = lgb.Dataset(x[:300], y[:300], reference=data)
+    params = {"objective": "regression", "verbose": -1, "seed": 1, "num_leaves": 15}
+    return lgb.train(
+        params,
+        data,
+        num_boost_round=80,
+        valid_sets=[valid],
+        callbacks=[lgb.early_stopping(5, verbose=False)],
+    )
+
+
+@pytest.fixture(scope="module")
+def scorer(booster: lgb.Booster) -> Scorer:
+    return Scorer(booster)
+
+
+finite_or_missing = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=True, width=64), st.just(float("nan"))
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(row=arrays(np.float64, (1, N_FEATURES), elements=finite_or_missing))
+def test_single_row_fast_path_equals_booster_predict(
+    booster: lgb.Booster, scorer: Scorer, row: np.ndarray
+) -> None:
+    np.testing.assert_array_equal(scorer.score(row), booster.predict(row))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.integers(2, 40).flatmap(
+        lambda n: arrays(np.float64, (n, N_FEATURES), elements=finite_or_missing)
+    )
+)
+def test_batch_path_equals_booster_predict(
+    booster: lgb.Booster, scorer: Scorer, rows: np.ndarray
+) -> None:
+    np.testing.assert_array_equal(scorer.score(rows), booster.predict(rows))
+
+
+def test_best_iteration_is_honoured_like_booster_predict(booster: lgb.Booster) -> None:
+    early = lgb.Booster(model_str=booster.model_to_string())
+    early.best_iteration = 3
+    row = np.ones((1, N_FEATURES))
+    fast = Scorer(early).score(row)[0]
+    assert fast == early.predict(row)[0] == early.predict(row, num_iteration=3)[0]
+    assert fast != early.predict(row, num_iteration=-1)[0]
+
+
+def test_wrong_width_is_refused(scorer: Scorer) -> None:
+    with pytest.raises(ValueError, match=f"expected \\(rows, {N_FEATURES}\\)"):
+        scorer.score(np.zeros((1, N_FEATURES + 1)))
