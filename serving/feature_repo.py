@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,17 @@ def compile_plan(files: RepoFiles) -> ServingPlan:
 
 @contextlib.contextmanager
 def feast_context(repo: Path) -> Iterator[None]:
-    """Feast chdirs into the repo and python-mode UDFs `import transforms`: undo both after."""
+    """Feast chdirs into the repo and python-mode UDFs `import transforms`: undo both after.
+
+    Also silences Feast's "experimental" warning about on-demand views, printed on every use.
+    """
     cwd = os.getcwd()
     sys.path.insert(0, str(repo))
     try:
-        yield
+        with warnings.catch_warnings():
+            # Printed on every use of on-demand views; says nothing actionable to our users.
+            warnings.filterwarnings("ignore", "On demand feature view is an experimental")
+            yield
     finally:
         os.chdir(cwd)
         with contextlib.suppress(ValueError):

@@ -1,23 +1,24 @@
 """Shared fixtures: a real redis-server on a free loopback port, and an applied sample world.
 
-The server is started once per session (`--save "" --appendonly no`), polled with PING and
-stopped by its pid; every test using `redis_url` starts from an empty server. A missing
-`redis-server` binary fails loudly: these tests are not optional.
+The server (serving.redis_process: `--save "" --appendonly no`, polled with PING, stopped by
+its pid) is started once per session; every test using `redis_url` starts from an empty
+server. A missing `redis-server` binary fails loudly: these tests are not optional.
 """
 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
+
+from serving.redis_process import RedisProcess, free_port, private_redis
+
+RedisServer = RedisProcess  # older name, still used by some test modules
+__all__ = ["RedisServer", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _NOW = datetime.now(UTC).replace(second=0, microsecond=0)
@@ -25,92 +26,16 @@ _NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 WORLD_END = _NOW.replace(minute=_NOW.minute - _NOW.minute % 5)
 
 
-@dataclass
-class RedisServer:
-    """A private redis-server process; `stop`/`start` simulate an outage on the same port."""
-
-    port: int
-    workdir: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail(
-                "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
-            )
-        self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise OSError(
-                    f"redis-server exited with {self.process.returncode} on port {self.port}"
-                )
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                time.sleep(0.02)
-        raise TimeoutError(f"redis-server on port {self.port} did not answer PING within 10 s")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    workdir = tmp_path_factory.mktemp("redis")
-    for _attempt in range(5):  # another process may grab the port between probe and bind
-        server = RedisServer(port=free_port(), workdir=workdir)
-        try:
-            server.start()
-            break
-        except OSError:
-            server.stop()
-    else:
-        pytest.fail("could not start redis-server on a free loopback port in 5 attempts")
-    yield server
-    server.stop()
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+    with private_redis(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: RedisProcess) -> str:
     if redis_server.process is None:  # a test stopped it to simulate an outage
         redis_server.start()
     client = redis.Redis.from_url(redis_server.url)
@@ -154,7 +79,7 @@ def world_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def applied_repo(
-    tmp_path_factory: pytest.TempPathFactory, world_data: Path, redis_server: RedisServer
+    tmp_path_factory: pytest.TempPathFactory, world_data: Path, redis_server: RedisProcess
 ) -> Path:
     """feature_repo/ with the sample world, `carrara apply`'d once (Feast apply is ~8 s)."""
     from serving.feature_repo import apply_repo

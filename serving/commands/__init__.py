@@ -5,6 +5,28 @@ Each module imports only argparse-level code at the top; the work is imported in
 
 from types import ModuleType
 
-from serving.commands import apply, sample_data
+from serving.commands import (
+    apply,
+    check_consistency,
+    demo,
+    materialize,
+    models,
+    predict,
+    sample_data,
+    score,
+    serve,
+    train,
+)
 
-COMMANDS: tuple[ModuleType, ...] = (sample_data, apply)
+COMMANDS: tuple[ModuleType, ...] = (
+    sample_data,
+    apply,
+    materialize,
+    train,
+    models,
+    serve,
+    predict,
+    score,
+    check_consistency,
+    demo,
+)

@@ -22,13 +22,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serving import codec
 from serving.client import PredictionClient, to_values
 from serving.config import RedisSettings
-from serving.online_store import OnlineStore, RowBatch
-from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.errors import ModelError
 from serving.model_aliases import pushed, read_aliases, write_aliases
+from serving.online_store import OnlineStore, RowBatch
+from serving.pb.carrara.v1 import prediction_pb2 as pb
+from serving.redis_process import RedisProcess
 from serving.registry import ModelRegistry
 from serving.server import Server, ServerSettings
-from tests.conftest import RedisServer, materialize_world
+from tests.conftest import materialize_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +45,7 @@ def registry_root(trained_registry: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 @pytest.fixture(scope="module")
-def server(applied_repo: Path, registry_root: Path, redis_server: RedisServer) -> Iterator[Server]:
+def server(applied_repo: Path, registry_root: Path, redis_server: RedisProcess) -> Iterator[Server]:
     if redis_server.process is None:
         redis_server.start()
     redis.Redis.from_url(redis_server.url).flushall()
@@ -357,7 +358,7 @@ def test_broken_new_version_is_refused_and_the_old_one_keeps_serving(
 
 
 def test_redis_outage_is_unavailable_then_recovers(
-    server: Server, client: PredictionClient, redis_server: RedisServer, applied_repo: Path
+    server: Server, client: PredictionClient, redis_server: RedisProcess, applied_repo: Path
 ) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     health = health_pb2_grpc.HealthStub(channel)
