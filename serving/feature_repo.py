@@ -83,6 +83,7 @@ def feast_context(repo: Path) -> Iterator[None]:
     Also silences Feast's "experimental" warning about on-demand views, printed on every use.
     """
     cwd = os.getcwd()
+    _forget_repo_modules(repo)  # Feast imports definitions by module name: not another repo's
     sys.path.insert(0, str(repo))
     try:
         with warnings.catch_warnings():
@@ -93,6 +94,19 @@ def feast_context(repo: Path) -> Iterator[None]:
         os.chdir(cwd)
         with contextlib.suppress(ValueError):
             sys.path.remove(str(repo))
+        _forget_repo_modules(repo)
+
+
+def _forget_repo_modules(repo: Path) -> None:
+    """Drop cached modules named like the repo's files, so the next import reads them anew."""
+    names = {p.stem for p in repo.glob("*.py")} | {
+        p.parent.name for p in repo.glob("*/__init__.py")
+    }
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None) or ""
+        installed = path.startswith((sys.prefix, sys.base_prefix))  # never a library's module
+        if name.split(".")[0] in names and not installed:
+            del sys.modules[name]
 
 
 def _view_plan(view: Any) -> FeatureViewPlan:

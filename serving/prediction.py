@@ -26,7 +26,7 @@ from serving.errors import InvalidRequestError, ModelError, NotFoundError, PlanE
 from serving.metrics import Metrics
 from serving.model_columns import OnDemandStep, on_demand_steps
 from serving.online_store import OnlineStore, ReadPlan, Status, build_read_plan
-from serving.plan import Column, Projection, ServingPlan
+from serving.plan import Column, Projection, RepoFiles, ServingPlan, load_plan
 from serving.registry import DEFAULT_ALIAS, LoadedModel, ModelRegistry
 from serving.scorer import Scorer
 
@@ -101,6 +101,15 @@ def build_model_plan(
     )
 
 
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """(mtime, size) of a file, to notice a rewrite without reading it."""
+    try:
+        stat = path.stat() if path else None
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if stat else None
+
+
 def _category_codes(levels: Mapping[str, Sequence[str]]) -> dict[str, dict[bytes, float]]:
     """ref -> stored Value bytes of each level -> its code, so reads never decode strings."""
     return {
@@ -130,6 +139,7 @@ class Predictor:
         self._aliases: dict[str, dict[str, int]] = {}
         self._lookups: dict[tuple[str, tuple[str, ...]], FeatureLookup] = {}
         self._lock = threading.Lock()  # serialises loads; reads never take it
+        self._plan_stamp = _stamp(plan.path)
 
     def model(self, ref: str) -> ModelPlan:
         plan = self._by_ref.get(ref)
@@ -184,19 +194,41 @@ class Predictor:
             self._by_ref = self._refs(self._aliases, previous={})
 
     def reload(self) -> bool:
-        """Pick up alias changes; True if anything changed. Old plans keep serving on error."""
+        """Pick up a new serving plan or alias changes; True if anything changed.
+
+        What fails to load is logged and the plan or version it would replace keeps serving.
+        """
+        new_plan = self._changed_plan()
         try:
             state = self._registry.alias_state()
         except ModelError as exc:  # e.g. a hand-edited aliases.json: keep serving what we have
             log.error("registry unreadable, models unchanged: %s", exc)
             return False
-        if state == self._aliases:
+        if new_plan is None and state == self._aliases:
             return False
         with self._lock:
+            if new_plan is not None:
+                self.plan = new_plan
+                self._by_version.clear()  # rebuilt against the new plan
+                self._lookups = {}
             self._by_ref = self._refs(state, previous=self._by_ref)
             self._aliases = state
         log.info("models reloaded: %s", state)
         return True
+
+    def _changed_plan(self) -> ServingPlan | None:
+        """The repo's plan when `carrara apply` rewrote it since we read it, else None."""
+        stamp = _stamp(self.plan.path)
+        if stamp == self._plan_stamp:
+            return None
+        self._plan_stamp = stamp
+        try:
+            plan = load_plan(RepoFiles.locate(self._repo))
+        except PlanError as exc:
+            log.error("serving plan changed but cannot be used, keeping the old one: %s", exc)
+            return None
+        log.info("serving plan reloaded from %s", plan.path)
+        return plan
 
     def _refs(
         self, state: Mapping[str, Mapping[str, int]], previous: Mapping[str, ModelPlan]
