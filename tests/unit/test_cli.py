@@ -91,3 +91,14 @@ def test_sample_data_writes_every_table(tmp_path: Path) -> None:
         "trips.parquet",
         "zone_stats.parquet",
     ]
+
+
+def test_every_command_the_readme_names_exists() -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"(?:^|`|\s)carrara ([a-z][a-z-]*)", readme, flags=re.MULTILINE))
+    assert {"demo", "serve", "materialize", "train", "score"} <= named  # the pattern finds them
+    assert named <= set(subcommands()), (
+        f"README names unknown commands: {named - set(subcommands())}"
+    )
