@@ -95,7 +95,8 @@ def test_bad_columns_are_named(request_values: dict[str, pb.Values], needle: str
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_request_numbers_name_the_row(bad: float) -> None:
-    with pytest.raises(InvalidRequestError, match=r"request_data\.lat row 1 is not a finite number"):
+    needle = r"request_data\.lat row 1 is not a finite number"
+    with pytest.raises(InvalidRequestError, match=needle):
         read_columns(
             "request_data",
             {"lat": values("double_values", [1.0, bad])},

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def load_regenerate():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("regenerate", ROOT / "protos" / "regenerate.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["regenerate"] = module
     spec.loader.exec_module(module)

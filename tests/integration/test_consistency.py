@@ -1,0 +1,155 @@
+"""`carrara check-consistency` against a real server, Redis and offline store.
+
+After `carrara materialize` of the test world the server's vectors and predictions must
+equal the offline point-in-time ones exactly; a feature row written late to the offline
+store (after the materialization, so Redis never got it) must be reported, row by row.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from serving.cli import main
+from serving.server import Server, ServerSettings
+from tests.conftest import WORLD_END, RedisServer, materialize_world
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LATE_DRIVER = 7
+LATE_VALUES: dict[str, object] = {  # each unlike any value the sample world draws
+    "acceptance_rate": 0.125,
+    "cancel_rate": 0.5,
+    "avg_rating": 1.25,
+    "trips_today": 999,
+    "online_minutes_today": 998,
+    "avg_speed_kph_7d": 99.5,
+    "vehicle_type": None,  # set to a type other than the driver's own
+}
+
+
+def wait_until_created(repo: Path) -> None:
+    """The sample world stamps some rows `created` minutes after its end (route rows at
+    midnight + 10 min): until then the offline store rightly does not show them, while Redis
+    has them. Wait (rarely, and at most ~10 min) for the wall clock to pass them."""
+    latest = max(
+        pc.max(pq.read_table(repo / "data" / f"{view}.parquet", columns=["created"])["created"])
+        .as_py()
+        .timestamp()
+        for view in ("driver_stats", "zone_stats", "route_stats")
+    )
+    time.sleep(max(0.0, latest - time.time() + 0.5))
+
+
+@pytest.fixture(scope="module")
+def server(
+    applied_repo: Path, trained_registry: Path, redis_server: RedisServer
+) -> Iterator[Server]:
+    if redis_server.process is None:
+        redis_server.start()
+    redis.Redis.from_url(redis_server.url).flushall()
+    materialize_world(applied_repo, redis_server.url)
+    wait_until_created(applied_repo)
+    settings = ServerSettings(
+        repo=applied_repo,
+        registry=trained_registry,
+        port=0,
+        redis_url=redis_server.url,
+        max_rows=100,
+    )
+    served = Server(settings)
+    served.start()
+    yield served
+    served.stop()
+
+
+def check(repo: Path, registry: Path, server: Server, *extra: str) -> int:
+    return main(
+        [
+            "check-consistency",
+            *("--target", f"127.0.0.1:{server.port}", "--repo", str(repo)),
+            *("--registry", str(registry), *extra),
+        ]
+    )
+
+
+@pytest.mark.parametrize("model", ["eta", "pricing"])
+def test_server_and_offline_agree_exactly_after_materialize(
+    model: str,
+    server: Server,
+    applied_repo: Path,
+    trained_registry: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = check(applied_repo, trained_registry, server, "--model", model, "--sample", "300")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "300 rows sampled" in out
+    assert "online and offline agree exactly" in out
+
+
+def plant_late_row(repo: Path) -> datetime:
+    """Append a driver_stats row stamped inside the materialized window but created after
+    the materialization (a late write): the offline store has it now, Redis never got it."""
+    path = repo / "data" / "driver_stats.parquet"
+    table = pq.read_table(path)
+    event = WORLD_END - timedelta(minutes=30)
+    created = datetime.now(UTC) - timedelta(seconds=1)
+    own = table.filter(pc.equal(table["driver_id"], LATE_DRIVER))["vehicle_type"][0].as_py()
+    row = {
+        "driver_id": [LATE_DRIVER],
+        "event_timestamp": [event],
+        "created": [created],
+        **{name: [value] for name, value in LATE_VALUES.items()},
+        "vehicle_type": ["xl" if own != "xl" else "comfort"],
+    }
+    late = pa.table({f.name: pa.array(row[f.name], f.type) for f in table.schema})
+    pq.write_table(pa.concat_tables([table, late]), path)
+    return created
+
+
+def test_a_feature_written_late_is_reported_per_row_and_feature(
+    server: Server,
+    applied_repo: Path,
+    trained_registry: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    skewed = tmp_path / "feature_repo"
+    shutil.copytree(applied_repo, skewed)  # the server keeps serving the original's Redis
+    plant_late_row(skewed)
+    trips = pq.read_table(skewed / "data" / "trips.parquet").slice(0, 12).to_pandas()
+    trips.loc[trips.driver_id == LATE_DRIVER, "driver_id"] = LATE_DRIVER + 1
+    trips.loc[[2, 5, 9], "driver_id"] = LATE_DRIVER
+    sample = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pandas(trips, preserve_index=False), sample)
+    code = check(
+        skewed,
+        trained_registry,
+        server,
+        *("--model", "eta", "--input", str(sample), "--sample", "12", "--batch-rows", "5"),
+    )
+    out = capsys.readouterr().out
+    assert code == 1, out
+    lines = [line for line in out.splitlines() if line.startswith("  row ")]
+    found = {(int(line.split()[1]), line.split("): ")[1].split(":")[0]) for line in lines}
+    features = {f"driver_stats__{name}" for name in LATE_VALUES}
+    differing_features = {feature for _, feature in found} - {"prediction"}
+    assert differing_features == features, out
+    assert {row for row, _ in found} == {2, 5, 9}
+    assert f"driver_id={LATE_DRIVER}" in lines[0]
+    speed = next(line for line in lines if "driver_stats__avg_speed_kph_7d" in line)
+    assert speed.endswith("offline 99.5"), speed  # the late value, as the offline store has it
+    assert "rows sampled" in out
+    assert "differences in 3 rows" in out
+    assert np.isfinite(float(speed.split("online ")[1].split(",")[0]))
