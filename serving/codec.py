@@ -23,15 +23,14 @@ Invariants:
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias, TypeGuard
 
 import mmh3
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-import pyarrow.compute as pc
 
 __all__ = [
     "DTYPE_TAGS",
@@ -180,15 +179,19 @@ def _key_value_bytes(name: str, dtype: str, value: object) -> bytes:
             return value.encode("utf-8")
         if dtype == "Bytes" and isinstance(value, bytes | bytearray):
             return bytes(value)
-        if dtype in ("Int64", "Int32") and isinstance(value, int | np.integer):
+        if dtype in ("Int64", "Int32") and _is_int(value):
             return struct.pack("<q" if dtype == "Int64" else "<i", int(value))
         if dtype == "UnixTimestamp":
-            if isinstance(value, int | np.integer):
+            if _is_int(value):
                 return struct.pack("<q", int(value))
             return struct.pack("<q", int(_epoch([value], 1, what)[0][0]))
     except struct.error as exc:
         raise CodecError(f"{what}: {value!r} out of range") from exc
     raise CodecError(f"{what}: {type(value).__name__} value {value!r} is not a {dtype}")
+
+
+def _is_int(value: object) -> TypeGuard[int | np.integer[Any]]:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
 
 
 def _key_segments(name: str, dtype: str, column: ArrayLike, n: int) -> list[_Rows | _Flat]:
@@ -268,14 +271,14 @@ def _varint_rows(values: U64, tag: bytes = b"") -> _Rows:
 
 def _concat_rows(left: _Rows, right: _Rows) -> _Rows:
     n, width = left.mat.shape
+    lens = left.lens + right.lens
     if n == 0 or int(left.lens.min()) == width:  # every left row full: plain stacking
-        return _Rows(np.hstack([left.mat, right.mat]), left.lens + right.lens)
+        return _Rows(np.hstack([left.mat, right.mat]), lens)
     mat = np.zeros((n, width + right.mat.shape[1]), np.uint8)
     mat[:, :width] = left.mat
-    cols = left.lens[:, None] + np.arange(right.mat.shape[1])
-    # Writes right's padding too, but only past left.lens + right.lens, which is padding.
-    mat[np.arange(n)[:, None], cols] = right.mat
-    return _Rows(mat, left.lens + right.lens)
+    # Right's padding lands past left.lens + right.lens too, where only padding lives.
+    mat[np.arange(n)[:, None], left.lens[:, None] + np.arange(right.mat.shape[1])] = right.mat
+    return _Rows(mat, lens)
 
 
 def _padded(segment: _Rows | _Flat) -> _Rows:
@@ -283,8 +286,7 @@ def _padded(segment: _Rows | _Flat) -> _Rows:
         return segment
     data, lens = segment
     mat = np.zeros((len(lens), int(lens.max(initial=0))), np.uint8)
-    row = np.repeat(np.arange(len(lens)), lens)
-    mat[row, np.arange(len(data)) - (np.cumsum(lens) - lens)[row]] = data
+    mat[np.arange(mat.shape[1]) < lens[:, None]] = data
     return _Rows(mat, lens)
 
 
@@ -292,6 +294,8 @@ def _flat(segment: _Rows | _Flat) -> _Flat:
     if isinstance(segment, _Flat):
         return segment
     mat, lens = segment
+    if int(lens.min(initial=0)) == mat.shape[1]:
+        return _Flat(np.ascontiguousarray(mat).ravel(), lens)
     return _Flat(mat[np.arange(mat.shape[1]) < lens[:, None]], lens)
 
 
@@ -302,17 +306,15 @@ def _width(segment: _Rows | _Flat) -> int:
 def _interleave(segments: Sequence[_Rows | _Flat]) -> _Flat:
     """Row i of the result is row i of every segment, concatenated in order."""
     parts = [_flat(seg) for seg in segments]
-    lens = np.zeros(len(parts[0].lens), np.int64)
-    for part in parts:
-        lens += part.lens
-    row_start = np.cumsum(lens) - lens
-    out = np.empty(int(lens.sum()), np.uint8)
-    done = np.zeros_like(lens)
-    for data, part_lens in parts:
-        shift = row_start + done - (np.cumsum(part_lens) - part_lens)
-        out[np.arange(len(data)) + np.repeat(shift, part_lens)] = data
-        done += part_lens
-    return _Flat(out, lens)
+    piece_lens = np.stack([part.lens for part in parts], axis=1)  # (n, segments)
+    # Which segment each output byte comes from; a mask per segment then places its bytes.
+    owner = np.repeat(
+        np.tile(np.arange(len(parts), dtype=np.uint8), len(piece_lens)), piece_lens.ravel()
+    )
+    out = np.empty(len(owner), np.uint8)
+    for index, part in enumerate(parts):
+        out[owner == index] = part.data
+    return _Flat(out, piece_lens.sum(axis=1))
 
 
 def _join(segments: Sequence[_Rows | _Flat]) -> list[bytes]:
@@ -502,9 +504,10 @@ def _encode_scalars(dtype: str, column: ArrayLike) -> list[bytes]:
     values = _filled(arr).to_numpy(zero_copy_only=False)
     if dtype in _FIXED_WIDTH:
         nulls |= np.isnan(values)  # Feast stores no NaN: pd.isnull makes it null
-        payload = np.ascontiguousarray(values, dtype=_FIXED_WIDTH[dtype]).view(np.uint8)
+        fmt = np.dtype(_FIXED_WIDTH[dtype])
+        payload = np.ascontiguousarray(values, dtype=fmt).view(np.uint8)
         rows = _concat_rows(
-            _const_rows(tag, len(values)), _fixed_rows(payload.reshape(len(values), -1))
+            _const_rows(tag, len(values)), _fixed_rows(payload.reshape(-1, fmt.itemsize))
         )
     else:
         rows = _varint_rows(values.astype(np.int64).view(np.uint64), tag)
@@ -519,7 +522,8 @@ def _encode_lists(element: str, column: ArrayLike) -> list[bytes]:
     else:
         arr = _arrow(column, pa.large_list(_SCALARS[element][1]), what, from_pandas=False)
     nulls = _nulls(arr)
-    counts = pc.list_value_length(arr).fill_null(0).to_numpy(zero_copy_only=False)
+    counts = np.diff(arr.offsets.to_numpy()).astype(np.int64)
+    counts[nulls] = 0  # flatten() drops whatever a null list spans, so count it as empty
     items = _list_items(element, arr.flatten(), what)
     item_ends = np.concatenate([[0], np.cumsum(items.lens)])
     list_ends = np.concatenate([[0], np.cumsum(counts)])
@@ -610,6 +614,7 @@ _NUMERIC_DTYPES: Final = frozenset(
     ["Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"]
 )
 _NAN: Final = float("nan")
+_SMALL_INT_KEYS: Final = frozenset([0x18, 0x20, 0x40])  # int32, int64, unix timestamp
 
 
 def _signed64(value: int) -> int:
@@ -682,8 +687,8 @@ def _list_items_decoded(number: int, payload: bytes) -> list[Any]:
     for inner, wire, data in _fields(payload):
         if inner != 1:
             continue  # not part of the list message: protobuf skips it too
-        if wire == _WIRE_LEN and element in (3, 4, 5, 6, 7, 8):
-            items += _packed(element, data)  # type: ignore[arg-type]
+        if isinstance(data, bytes) and element in (3, 4, 5, 6, 7, 8):
+            items += _packed(element, data)
         else:
             items.append(_scalar(element, wire, data))
     return items
@@ -713,16 +718,14 @@ def decode_value(raw: bytes | None) -> object:
         return None
     try:
         number, value = _last_oneof(raw)
-    except (IndexError, struct.error, UnicodeDecodeError) as exc:
-        raise CodecError(f"malformed Value bytes {raw[:40].hex()}: {exc}") from exc
-    except CodecError as exc:
+    except (IndexError, struct.error, ValueError) as exc:  # ValueError: CodecError, bad UTF-8
         raise CodecError(f"malformed Value bytes {raw[:40].hex()}: {exc}") from exc
     if number in _OTHER_ONEOF:
         raise CodecError(f"unknown_field_{number}: Value bytes {raw[:40].hex()}")
     if number == 8 and value == _INT64_MIN:
         return None
-    if number == 18:
-        return [None if item == _INT64_MIN else item for item in value]  # type: ignore[attr-defined]
+    if number == 18 and isinstance(value, list):
+        return [None if item == _INT64_MIN else item for item in value]
     return value
 
 
@@ -732,11 +735,11 @@ def _last_oneof(raw: bytes) -> tuple[int, object]:
         if 1 <= field <= 8:
             number, value = field, _scalar(field, wire, payload)
         elif 11 <= field <= 18:
-            if wire != _WIRE_LEN:
+            if not isinstance(payload, bytes):
                 raise CodecError(f"field {field}: unexpected wire type {wire}")
-            items = _list_items_decoded(field, payload)  # type: ignore[arg-type]
-            if field == number:  # a repeated message field merges: lists concatenate
-                value.extend(items)  # type: ignore[attr-defined]
+            items = _list_items_decoded(field, payload)
+            if field == number and isinstance(value, list):  # a repeated message field merges
+                value.extend(items)
             else:
                 number, value = field, items
         elif field in _OTHER_ONEOF:
@@ -762,22 +765,55 @@ def decode_numeric(dtype: str, raws: Sequence[bytes | None], out: npt.NDArray[np
         if not raw:
             append(_NAN)
             continue
-        key, size = raw[0], len(raw)
-        if key == 0x29 and size == 9:
+        key = raw[0]
+        if key == 0x29 and len(raw) == 9:
             append(_UNPACK_DOUBLE(raw, 1)[0])
-        elif key == 0x35 and size == 5:
+        elif key == 0x35 and len(raw) == 5:
             append(_UNPACK_FLOAT(raw, 1)[0])  # float32 widened exactly, as np.float32 does
-        elif key in (0x18, 0x20) and size == 2 and raw[1] < 0x80:
-            append(raw[1])  # small non-negative int: its varint is the byte itself
-        elif key == 0x38 and size == 2 and raw[1] < 0x80:
-            append(1.0 if raw[1] else 0.0)
+        elif key in _SMALL_INT_KEYS and len(raw) == 2 and raw[1] < 0x80:
+            append(raw[1])  # 0..127: the varint is the byte
+        elif key in _SMALL_INT_KEYS and len(raw) == 3 and raw[1] >= 0x80 > raw[2]:
+            append((raw[1] & 0x7F) | (raw[2] << 7))  # 128..16383, common for counts
+        elif key in _VARINT_NUMBERS and (value := _sole_varint(raw)) is not None:
+            append(_VARINT_NUMBERS[key](value))
         else:
             append(_numeric_slow(dtype, raw, row))
     out[:] = result
 
 
+def _sole_varint(raw: bytes) -> int | None:
+    """The varint after the key byte if it is all that follows, else None."""
+    last = raw[-1]
+    if last >= 0x80 or not 2 <= len(raw) <= 11:  # protobuf varints are at most 10 bytes
+        return None
+    value = shift = 0
+    for byte in raw[1:-1]:
+        if byte < 0x80:  # the varint ends early: more fields follow
+            return None
+        value |= (byte - 0x80) << shift
+        shift += 7
+    return (value | (last << shift)) & _U64_MASK
+
+
+def _timestamp_number(value: int) -> float:
+    seconds = _signed64(value)
+    return _NAN if seconds == _INT64_MIN else float(seconds)
+
+
+# Key byte of a varint scalar field -> its value as float64.
+_VARINT_NUMBERS: Final[dict[int, Callable[[int], float]]] = {
+    0x18: lambda value: float(_signed32(value)),
+    0x20: lambda value: float(_signed64(value)),
+    0x38: lambda value: 1.0 if value else 0.0,
+    0x40: _timestamp_number,
+}
+
+
 def _numeric_slow(dtype: str, raw: bytes, row: int) -> float:
-    value = decode_value(raw)
+    try:
+        value = decode_value(raw)
+    except CodecError as exc:
+        raise CodecError(f"{dtype} row {row}: {exc}") from exc
     if value is None:
         return _NAN
     if isinstance(value, int | float):  # bool is an int
@@ -791,11 +827,11 @@ def decode_timestamp_micros(raw: bytes | None) -> int | None:
         return None
     seconds = nanos = 0
     try:
-        for number, wire, payload in _fields(raw):
-            if wire == _WIRE_VARINT and number == 1:
-                seconds = _signed64(payload)  # type: ignore[arg-type]
-            elif wire == _WIRE_VARINT and number == 2:
-                nanos = _signed32(payload)  # type: ignore[arg-type]
-    except IndexError as exc:
+        for number, _, payload in _fields(raw):
+            if isinstance(payload, int) and number == 1:
+                seconds = _signed64(payload)
+            elif isinstance(payload, int) and number == 2:
+                nanos = _signed32(payload)
+    except (IndexError, CodecError) as exc:
         raise CodecError(f"malformed Timestamp bytes {raw[:40].hex()}") from exc
     return seconds * _US_PER_S + nanos // 1000
