@@ -19,6 +19,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -33,14 +34,16 @@ from serving.config import redis_settings
 from serving.errors import DataError, UsageError
 from serving.feast_registry import materialized_until, read_registry, record_materialization
 from serving.feature_repo import ensure_plan
-from serving.online_store import OnlineStore, RowBatch
-from serving.parquet_source import EVENT_TS, latest_per_entity, source_files, total_rows
+from serving.online_store import FramedRows, OnlineStore, framed_batches
+from serving.parquet_source import EVENT_TS, Latest, latest_per_entity, source_files, total_rows
 from serving.plan import FeatureViewPlan, RepoFiles, ServingPlan, save_plan
 from serving.progress import Progress
 
 ENCODE_ROWS = 16_384  # rows encoded at once (numpy-vectorised)
 WRITE_ROWS = 1_000  # rows per atomic script call: Redis is busy ~5 ms per call
 NO_TTL_LOOKBACK = timedelta(weeks=52)  # Feast's incremental start for a view without ttl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,8 @@ def select_views(plan: ServingPlan, names: Sequence[str] | None) -> list[Feature
         for view in chosen:
             if view.source is None:
                 raise UsageError(f"feature view {view.name!r} has no Parquet (file) batch source")
+            if not view.online:
+                raise UsageError(f"feature view {view.name!r} is not online (online=False)")
         return chosen
     return [v for v in plan.feature_views.values() if v.online and v.source is not None]
 
@@ -176,6 +181,8 @@ def materialize_view(
 
     with Progress(f"{view.name} read", total_rows(files)) as read_progress:
         latest = latest_per_entity(view, files, window.start, window.end, count)
+    read_s = time.perf_counter() - started
+    log.info("%s: %d rows -> %d entity rows in %.2f s", view.name, scanned, latest.num_rows, read_s)
     with Progress(f"{view.name} write", latest.num_rows) as write_progress:
         counts = store.write_view(
             view.name,
@@ -183,6 +190,7 @@ def materialize_view(
             _row_batches(view, latest, project),
             on_batch=lambda written, skipped: write_progress.advance(written + skipped),
         )
+    log.info("%s: written in %.2f s", view.name, time.perf_counter() - started - read_s)
     return ViewReport(
         view=view.name,
         start=window.start,
@@ -196,10 +204,9 @@ def materialize_view(
     )
 
 
-def _row_batches(view: FeatureViewPlan, table: pa.Table, project: str) -> Iterator[RowBatch]:
-    """Encode `table` chunk by chunk; yield write-sized batches of Feast's bytes."""
-    for first in range(0, table.num_rows, ENCODE_ROWS):
-        chunk = table.slice(first, ENCODE_ROWS)
+def _row_batches(view: FeatureViewPlan, latest: Latest, project: str) -> Iterator[FramedRows]:
+    """Encode the rows chunk by chunk; yield write-sized batches of Feast's bytes."""
+    for chunk in latest.chunks(ENCODE_ROWS):
         keys = _encode(
             view, "join keys", codec.encode_entity_keys, *_key_args(view, chunk, project)
         )
@@ -208,9 +215,7 @@ def _row_batches(view: FeatureViewPlan, table: pa.Table, project: str) -> Iterat
             _encode(view, f.name, codec.encode_values, f.dtype, chunk[f.name])
             for f in view.features
         ]
-        for at in range(0, len(keys), WRITE_ROWS):
-            part = slice(at, at + WRITE_ROWS)
-            yield RowBatch(keys[part], event_ts[part], [column[part] for column in values])
+        yield from framed_batches(keys, event_ts, values, WRITE_ROWS)
 
 
 def _key_args(view: FeatureViewPlan, chunk: pa.Table, project: str) -> tuple[Any, ...]:

@@ -15,8 +15,8 @@ per distinct key per key group) and the replies are decoded straight into a floa
 Writes (materialize): one EVAL of the write_guard.py script per batch writes each row only when
 newer than the stored `_ts:<view>` (Feast's rule: skip when stored > 0 and new <= stored),
 checked atomically with the HSET, so a backfill never clobbers fresher data whoever wrote it; EXPIRE
-follows each written row when key_ttl_s is set, as in Feast. While Redis runs one batch the
-caller encodes the next (one batch in flight).
+follows each written row when key_ttl_s is set, as in Feast. Up to IN_FLIGHT batches are sent
+ahead of their replies, so Redis keeps working while the caller encodes the next rows.
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from serving import codec
 from serving.config import RedisSettings
 from serving.errors import DataError, InvalidRequestError, StoreUnavailableError, UsageError
 from serving.read_plan import NUMERIC_DTYPES, FeatureRead, KeyGroup, ReadPlan, build_read_plan
-from serving.write_guard import write_script
+from serving.write_guard import FramedRows, RowBatch, framed_batches, write_script
 
 READ_TIMEOUT_S = 1.0
 WRITE_TIMEOUT_S = 60.0
+IN_FLIGHT = 32  # write batches sent ahead of their replies: Redis never waits on the encoder
 _NAN = math.nan
 _US = 1_000_000
 MISSING, PRESENT, STALE = 0, 1, 2  # values of a status matrix
@@ -50,6 +51,7 @@ __all__ = [
     "MISSING",
     "PRESENT",
     "STALE",
+    "FramedRows",
     "OnlineRead",
     "OnlineStore",
     "RawRead",
@@ -58,6 +60,7 @@ __all__ = [
     "Status",
     "WriteCounts",
     "build_read_plan",
+    "framed_batches",
 ]
 
 
@@ -80,15 +83,6 @@ class RawRead:
     values: list[list[object]]  # per feature, per row; None unless PRESENT
     status: npt.NDArray[np.uint8]  # (rows, features) of Status
     event_ts_us: npt.NDArray[np.int64]  # (rows, views); 0 when absent
-
-
-@dataclass(frozen=True)
-class RowBatch:
-    """Rows of one view, already in Feast's bytes: keys, `_ts` values, one list per feature."""
-
-    keys: Sequence[bytes]
-    event_ts: Sequence[bytes]
-    values: Sequence[Sequence[bytes]]
 
 
 @dataclass(frozen=True)
@@ -207,11 +201,14 @@ class OnlineStore:
         self,
         view: str,
         features: Sequence[str],
-        batches: Iterable[RowBatch],
+        batches: Iterable[RowBatch | FramedRows],
         on_batch: Callable[[int, int], None] | None = None,
         timeout_s: float = WRITE_TIMEOUT_S,
     ) -> WriteCounts:
-        """Write the batches of one view with Feast's newer-than-stored guard, atomically."""
+        """Write the batches of one view with Feast's newer-than-stored guard, atomically.
+
+        Each batch is one atomic script call: keep them to ~1,000 rows (Redis runs nothing
+        else meanwhile). `on_batch(written, skipped)` follows each batch."""
         fields = [codec.field_name(view, f) for f in features]
         head = (b"EVAL", write_script(len(fields)))
         settings = (str(len(fields)).encode(), str(self.settings.key_ttl_s or 0).encode())
@@ -224,11 +221,11 @@ class OnlineStore:
                 n = len(batch.keys)
                 if not n:
                     continue
-                args = _interleave(batch)
-                command = (*head, str(n).encode(), *batch.keys, *tail, *args)
+                framed = batch if isinstance(batch, FramedRows) else _framed(batch)
+                command = (*head, str(n).encode(), *framed.keys, *tail, framed.rows)
                 conn.send_packed_command(conn.pack_command(*command), check_health=False)
                 pending.append(n)
-                while len(pending) > 1:  # one batch in flight while the caller encodes the next
+                while len(pending) > IN_FLIGHT:  # Redis works while the caller encodes
                     done, sent = int(conn.read_response()), pending.popleft()
                     written, skipped = written + done, skipped + sent - done
                     if on_batch:
@@ -282,16 +279,13 @@ class OnlineStore:
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _interleave(batch: RowBatch) -> list[bytes]:
-    """Per row: its `_ts`, then its value of each feature (the script's ARGV after the head)."""
-    n, width = len(batch.keys), 1 + len(batch.values)
-    if len(batch.event_ts) != n or any(len(column) != n for column in batch.values):
-        raise DataError(f"write batch of {n} keys: columns differ in length")
-    args: list[bytes] = list(batch.event_ts) * width
-    for k, column in enumerate(batch.values, start=1):
-        args[k::width] = column
-    args[0::width] = batch.event_ts
-    return args
+def _framed(batch: RowBatch) -> FramedRows:
+    if len(batch.event_ts) != len(batch.keys):
+        raise DataError(f"write batch: {len(batch.keys)} keys, {len(batch.event_ts)} timestamps")
+    try:
+        return FramedRows.of(batch)
+    except ValueError as exc:
+        raise DataError(f"write batch: {exc}") from exc
 
 
 def _entity_columns(

@@ -6,9 +6,13 @@ file offline store does), then per entity key the row with the greatest event ti
 the created timestamp breaking ties (a null created timestamp loses).
 
 Invariants:
-- Streamed row group by row group (row groups wholly outside the window are skipped by their
-  statistics); memory is bounded by the number of entities, not rows: kept rows are compacted
-  to one per entity whenever they outnumber the entities kept so far (and a floor).
+- Two streamed passes, row group by row group: the first reads only join keys and timestamps
+  (row groups wholly outside the window are skipped by their statistics) and keeps, per
+  entity, where its latest row is; the second reads full rows from just the row groups that
+  hold one. Memory is bounded by the number of entities, not rows: kept (key, time, position)
+  rows are compacted to one per entity whenever they outnumber the entities kept so far (and
+  a floor). The files must not change between the passes.
+- Ties on both timestamps keep the row that comes first (Feast leaves such ties unordered).
 - Columns are checked against the view's schema before any row is read: a missing column, a
   type that cannot carry the declared dtype, an unreadable file or a null join key is a
   DataError naming the file and column.
@@ -34,8 +38,9 @@ from serving.plan import FeatureViewPlan
 
 EVENT_TS = "__event_timestamp"
 CREATED_TS = "__created_timestamp"
+_FILE, _ROW = "__file", "__row"  # where a row is: index of its file, row number in the file
 BATCH_ROWS = 256 * 1024
-COMPACT_FLOOR_ROWS = 2_000_000  # kept rows below this are not compacted yet
+COMPACT_FLOOR_ROWS = 4_000_000  # kept rows below this are not compacted yet
 _UNITS_PER_S = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
@@ -99,55 +104,123 @@ def latest_per_entity(
     start: datetime,
     end: datetime,
     on_rows: Callable[[int], None] | None = None,
-) -> pa.Table:
-    """One row per entity key: the latest in [start, end]; `on_rows(n)` as rows are scanned."""
+) -> Latest:
+    """Where each entity's latest row in [start, end] is; `on_rows(n)` as rows are scanned.
+
+    Two passes: the first reads only the join keys and timestamps of every row in the window
+    and keeps the latest per entity (compacting as it goes); `Latest.chunks` then reads the
+    full rows of just those, row group by row group, skipping groups that hold none.
+    """
     columns = SourceColumns.of(view)
     start_us, end_us = _micros(start), _micros(end)
     kept: list[pa.Table] = []
     kept_rows = entities = 0
-    for batch in _batches(columns, files, start_us, end_us, on_rows):
+    for batch in _key_batches(columns, files, start_us, end_us, on_rows):
         kept.append(batch)
         kept_rows += batch.num_rows
         if kept_rows >= max(COMPACT_FLOOR_ROWS, 2 * entities):
-            kept = [_latest(pa.concat_tables(kept), columns)]
+            table = pa.concat_tables(kept)
+            kept = [table.take(_latest(table, columns))]
             kept_rows = entities = kept[0].num_rows
     if not kept:
-        return _empty(columns)
-    return _latest(pa.concat_tables(kept), columns)
+        return Latest(columns, files, pa.table({_FILE: pa.array([], pa.int32()), _ROW: []}))
+    table = pa.concat_tables(kept)
+    where = table.take(_latest(table, columns)).select([_FILE, _ROW])
+    return Latest(columns, files, where.sort_by([(_FILE, "ascending"), (_ROW, "ascending")]))
 
 
-def _batches(
+@dataclass(frozen=True)
+class Latest:
+    """The latest row per entity, by position: (file index, row number in the file)."""
+
+    columns: SourceColumns
+    files: list[str]
+    where: pa.Table  # _FILE, _ROW; sorted
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.where.num_rows)
+
+    def chunks(self, max_rows: int) -> Iterator[pa.Table]:
+        """The rows, as the view names its columns (+ EVENT_TS), at most `max_rows` at once."""
+        files = self.where[_FILE].to_numpy()
+        rows = self.where[_ROW].to_numpy()
+        for index in np.unique(files).tolist():
+            wanted = rows[files == index]
+            for table in _rows_of(self.columns, self.files[index], wanted):
+                for first in range(0, table.num_rows, max_rows):
+                    yield table.slice(first, max_rows)
+
+    def to_table(self) -> pa.Table:
+        parts = list(self.chunks(BATCH_ROWS))
+        return pa.concat_tables(parts) if parts else _empty(self.columns)
+
+
+def _key_batches(
     columns: SourceColumns,
     files: list[str],
     start_us: int,
     end_us: int,
     on_rows: Callable[[int], None] | None,
 ) -> Iterator[pa.Table]:
+    """Join keys, timestamps and positions of the rows in the window, batch by batch."""
     renames = columns.renames()
-    for path in files:
+    wanted = [*columns.join_keys.values(), columns.event_ts, *filter(None, [columns.created_ts])]
+    for index, path in enumerate(files):
         parquet = _open(path)
-        schema = parquet.schema_arrow
-        _check_schema(columns, schema, path)
-        low, high = _bounds(schema.field(columns.event_ts).type.unit, start_us, end_us)
-        ts_index = parquet.schema_arrow.get_field_index(columns.event_ts)
+        _check_schema(columns, parquet.schema_arrow, path)
+        unit = parquet.schema_arrow.field(columns.event_ts).type.unit
+        low, high = _bounds(unit, start_us, end_us)
+        ts_leaf = _leaf_index(parquet, columns.event_ts)
+        offset = 0
         for group in range(parquet.metadata.num_row_groups):
-            overlap = _overlap(parquet, group, ts_index, start_us, end_us)
+            overlap = _overlap(parquet, group, ts_leaf, start_us, end_us)
             if overlap == "none":
+                group_rows = parquet.metadata.row_group(group).num_rows
+                offset += group_rows
                 if on_rows:
-                    on_rows(parquet.metadata.row_group(group).num_rows)
+                    on_rows(group_rows)
                 continue
-            for batch in _read_group(parquet, path, group, list(renames)):
+            for batch in _read_group(parquet, path, group, wanted):
                 if on_rows:
                     on_rows(batch.num_rows)
-                kept = pa.Table.from_batches([batch]).rename_columns(
+                table = pa.Table.from_batches([batch]).rename_columns(
                     [renames[c] for c in batch.schema.names]
                 )
+                table = table.append_column(_FILE, pa.array(np.full(len(table), index, np.int32)))
+                table = table.append_column(_ROW, pa.array(np.arange(offset, offset + len(table))))
+                offset += len(table)
                 if overlap == "some":
-                    ts = kept[EVENT_TS].cast(pa.int64())
-                    kept = kept.filter(pc.and_(pc.greater_equal(ts, low), pc.less_equal(ts, high)))
-                if kept.num_rows:
-                    _check_keys(columns, kept, path)
-                    yield kept
+                    ts = table[EVENT_TS].cast(pa.int64())
+                    table = table.filter(
+                        pc.and_(pc.greater_equal(ts, low), pc.less_equal(ts, high))
+                    )
+                if table.num_rows:
+                    _check_keys(columns, table, path)
+                    yield table
+
+
+def _rows_of(columns: SourceColumns, path: str, wanted: Any) -> Iterator[pa.Table]:
+    """Full rows number `wanted` (sorted) of a file, read only from the batches holding them."""
+    parquet = _open(path)
+    renames = columns.renames()
+    names, order = list(renames), [*columns.join_keys, *columns.features, EVENT_TS]
+    offset = 0
+    for group in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        lo, hi = np.searchsorted(wanted, [offset, offset + size])
+        if lo < hi:
+            start = offset
+            for batch in _read_group(parquet, path, group, names):
+                end = start + batch.num_rows
+                a, b = np.searchsorted(wanted, [start, end])
+                if a < b:
+                    table = pa.Table.from_batches([batch]).take(pa.array(wanted[a:b] - start))
+                    yield table.rename_columns([renames[c] for c in table.column_names]).select(
+                        order
+                    )
+                start = end
+        offset += size
 
 
 def _read_group(parquet: Any, path: str, group: int, names: list[str]) -> Iterator[Any]:
@@ -164,10 +237,10 @@ def _open(path: str) -> Any:
         raise DataError(f"cannot read Parquet file {path}: {exc}") from exc
 
 
-def _latest(table: pa.Table, columns: SourceColumns) -> pa.Table:
-    """Per entity key, the row with the greatest (event, created) timestamps."""
+def _latest(table: pa.Table, columns: SourceColumns) -> pa.Array:
+    """Per entity key, the index of its row with the greatest (event, created) timestamps."""
     if table.num_rows == 0:
-        return table
+        return pa.array([], pa.int64())
     order = [(k, "ascending") for k in columns.join_keys] + [(EVENT_TS, "descending")]
     if columns.created_ts:
         order.append((CREATED_TS, "descending"))
@@ -179,7 +252,7 @@ def _latest(table: pa.Table, columns: SourceColumns) -> pa.Table:
         column = by[key].take(indices).combine_chunks()
         differs = pc.not_equal(column.slice(1), column.slice(0, len(column) - 1))
         first[1:] |= differs.to_numpy(zero_copy_only=False)
-    return table.take(indices.filter(pa.array(first)))
+    return indices.filter(pa.array(first))
 
 
 def _empty(columns: SourceColumns) -> pa.Table:
@@ -257,9 +330,18 @@ def _bounds(unit: str, start_us: int, end_us: int) -> tuple[int, int]:
     return -(-start_us // factor), end_us // factor
 
 
-def _overlap(parquet: Any, group: int, column: int, start_us: int, end_us: int) -> str:
+def _leaf_index(parquet: Any, name: str) -> int | None:
+    """The Parquet column (leaf) index of top-level column `name`: list columns before it
+    make it differ from the Arrow field index."""
+    schema = parquet.metadata.schema
+    return next((i for i in range(len(schema)) if schema.column(i).path == name), None)
+
+
+def _overlap(parquet: Any, group: int, column: int | None, start_us: int, end_us: int) -> str:
     """ "none"/"all" when the row group's statistics prove its timestamps are outside/inside
     the window (nulls count as outside), else "some"."""
+    if column is None:
+        return "some"
     stats = parquet.metadata.row_group(group).column(column).statistics
     if stats is None or not stats.has_min_max:
         return "some"

@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from serving import codec
 from serving.errors import PlanError
-from serving.plan import Projection, ServingPlan
+from serving.plan import FeatureViewPlan, Projection, ServingPlan
 
 NUMERIC_DTYPES = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"})
 _US = 1_000_000
@@ -128,25 +128,13 @@ def build_read_plan(
     for projection in views:
         view = serving_plan.feature_view(projection.view)
         chosen = [f for f in projection.features if f"{projection.name}__{f}" in column_of]
-        if not chosen:
-            continue
-        key = tuple(
-            sorted(
-                (k.name, k.dtype, projection.join_key_map.get(k.name, k.name))
-                for k in view.join_keys
-            )
-        )
-        builder = builders.setdefault(key, _GroupBuilder(key, serving_plan.project))
-        builder.add_view(view.name, len(view_names))
-        view_names.append(projection.name)
-        ttl_us.append(view.ttl_s * _US)
-        for feature in chosen:
-            name = f"{projection.name}__{feature}"
-            dtype = view.feature(feature).dtype
-            if name in categories and dtype != "String":
-                raise PlanError(f"categories given for {name}, a {dtype} feature")
-            field = codec.field_name(view.name, feature)
-            builder.add_feature(name, field, column_of[name], dtype, categories.get(name))
+        if chosen:
+            key = _group_key(view, projection)
+            builder = builders.setdefault(key, _GroupBuilder(key, serving_plan.project))
+            builder.add_view(view.name, len(view_names))
+            view_names.append(projection.name)
+            ttl_us.append(view.ttl_s * _US)
+            _add_features(builder, view, projection.name, chosen, column_of, categories)
     groups = tuple(b.build() for b in builders.values())
     read = [f for g in groups for f in g.features]
     return ReadPlan(
@@ -159,6 +147,29 @@ def build_read_plan(
         slot_of_column=np.array([f.slot for f in read], np.intp),
         ttl_us=np.array(ttl_us, np.int64),
     )
+
+
+def _group_key(view: FeatureViewPlan, projection: Projection) -> tuple[tuple[str, str, str], ...]:
+    """(join key, dtype, request column) per join key, in Feast's (sorted) key order."""
+    columns = projection.join_key_map
+    return tuple(sorted((k.name, k.dtype, columns.get(k.name, k.name)) for k in view.join_keys))
+
+
+def _add_features(
+    builder: _GroupBuilder,
+    view: FeatureViewPlan,
+    projection: str,
+    features: Sequence[str],
+    column_of: Mapping[str, int],
+    categories: Mapping[str, Mapping[bytes, float]],
+) -> None:
+    for feature in features:
+        name = f"{projection}__{feature}"
+        dtype = view.feature(feature).dtype
+        if name in categories and dtype != "String":
+            raise PlanError(f"categories given for {name}, a {dtype} feature")
+        field = codec.field_name(view.name, feature)
+        builder.add_feature(name, field, column_of[name], dtype, categories.get(name))
 
 
 class _GroupBuilder:

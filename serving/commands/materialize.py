@@ -54,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_view(view: Any) -> None:
-    window = f"{view.start:%Y-%m-%d %H:%M:%S} .. {view.end:%Y-%m-%d %H:%M:%S} UTC"
+    from datetime import UTC
+
+    start, end = view.start.astimezone(UTC), view.end.astimezone(UTC)
+    window = f"{start:%Y-%m-%d %H:%M:%S} .. {end:%Y-%m-%d %H:%M:%S} UTC"
     if view.entity_rows == 0:
         print(f"  {view.view:<24} {window}: no rows in the window, nothing written")
         return
