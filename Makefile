@@ -21,10 +21,21 @@ setup: $(STAMP) redis-server-present
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Carrara needs Python >= 3.11 (found: $$($(PYTHON) --version 2>&1)); set PYTHON=python3.11"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || $(MAKE) --no-print-directory python-venv-present
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+.PHONY: python-venv-present
+python-venv-present:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing python3-venv with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null; \
+	else \
+		echo "Python's venv module is missing: install it (Debian/Ubuntu: sudo apt-get install python3-venv)"; \
+		exit 1; \
+	fi
 
 .PHONY: redis-server-present
 redis-server-present:

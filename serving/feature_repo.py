@@ -65,13 +65,19 @@ def compile_plan(files: RepoFiles) -> ServingPlan:
     with feast_context(files.repo):
         from feast import FeatureStore
 
-        store = FeatureStore(repo_path=str(files.repo))
+        try:
+            store = FeatureStore(repo_path=str(files.repo))
+            views = store.list_feature_views()
+            on_demand = store.list_on_demand_feature_views()
+            services = store.list_feature_services()
+        except Exception as exc:  # Feast raises many unrelated types; all mean "unreadable"
+            raise PlanError(f"cannot read the Feast registry {files.registry}: {exc}") from exc
         plan = ServingPlan(
             project=files.project,
             registry_fingerprint=fingerprint,
-            feature_views={v.name: _view_plan(v) for v in store.list_feature_views()},
-            on_demand_views={v.name: _odfv_plan(v) for v in store.list_on_demand_feature_views()},
-            feature_services={s.name: _service_plan(s) for s in store.list_feature_services()},
+            feature_views={v.name: _view_plan(v) for v in views},
+            on_demand_views={v.name: _odfv_plan(v) for v in on_demand},
+            feature_services={s.name: _service_plan(s) for s in services},
         )
     return save_plan(plan, files.plan)
 

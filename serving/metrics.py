@@ -7,6 +7,8 @@ request path pays one dict lookup and an observe, not a label resolution.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -47,6 +49,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, ...], object] = {}
+        self._http: Any = None  # the /metrics HTTP server, once started
 
     def observe(self, method: str, model: str, code: str, seconds: float) -> None:
         key = ("rq", method, model, code)
@@ -69,5 +72,12 @@ class Metrics:
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP endpoint; returns the bound port (0 picks a free one)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http.server_port)
+
+    def close(self) -> None:
+        """Stop the /metrics endpoint, if it was started."""
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

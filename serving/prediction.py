@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from serving.registry import DEFAULT_ALIAS, LoadedModel, ModelRegistry
 from serving.scorer import Scorer
 
 log = logging.getLogger(__name__)
+MAX_PINNED = 64  # "name:version" refs kept loaded besides the aliased ones
 Columns = Mapping[str, Any]  # request column -> numpy array
 
 
@@ -59,7 +61,9 @@ class ModelPlan:
     def predict(
         self, entities: Columns, request_data: Columns, rows: int, timeout_s: float
     ) -> Prediction:
+        started = time.perf_counter()
         read = self.store.read(self.read_plan, entities, timeout_s=timeout_s)
+        self.metrics.redis_latency.observe(time.perf_counter() - started)
         matrix = read.values
         for step in self.on_demand:
             step.fill(matrix, request_data, rows)
@@ -102,6 +106,11 @@ def build_model_plan(
     )
 
 
+def _definitions(plan: ServingPlan) -> ServingPlan:
+    """The plan without what changes when only materialization intervals were recorded."""
+    return replace(plan, registry_fingerprint="", path=None)
+
+
 def _stamp(path: Path | None) -> tuple[int, int] | None:
     """(mtime, size) of a file, to notice a rewrite without reading it."""
     try:
@@ -137,18 +146,28 @@ class Predictor:
         self._metrics = metrics
         self._by_ref: dict[str, ModelPlan] = {}
         self._by_version: dict[tuple[str, int], ModelPlan] = {}
+        self._by_pinned_ref: dict[str, ModelPlan] = {}  # "eta:3" refs served so far
         self._aliases: dict[str, dict[str, int]] = {}
         self._lookups: dict[tuple[str, tuple[str, ...]], FeatureLookup] = {}
         self._lock = threading.Lock()  # serialises loads; reads never take it
         self._plan_stamp = _stamp(plan.path)
 
     def model(self, ref: str) -> ModelPlan:
-        plan = self._by_ref.get(ref)
+        plan = self._by_ref.get(ref) or self._by_pinned_ref.get(ref)
         if plan is not None:
             return plan
         name, version = self._registry.resolve(ref)  # NotFoundError names the missing part
         with self._lock:
-            return self._load(name, version)
+            plan = self._load(name, version)
+            if ref == f"{name}:{version}" and len(self._by_pinned_ref) < MAX_PINNED:
+                self._by_pinned_ref[ref] = plan  # a version never changes: no disk next time
+            return plan
+
+    def metric_label(self, name: str) -> str:
+        """`name` if it is a served model or a feature service, else "other" (bounded labels)."""
+        if not name or name in self._by_ref or name in self._by_pinned_ref:
+            return name
+        return name if name in self.plan.feature_services else "other"
 
     def model_names(self) -> list[str]:
         return sorted(self._aliases)
@@ -199,18 +218,19 @@ class Predictor:
 
         What fails to load is logged and the plan or version it would replace keeps serving.
         """
-        new_plan = self._changed_plan()
         try:
             state = self._registry.alias_state()
         except ModelError as exc:  # e.g. a hand-edited aliases.json: keep serving what we have
             log.error("registry unreadable, models unchanged: %s", exc)
             return False
+        new_plan = self._changed_plan()
         if new_plan is None and state == self._aliases:
             return False
         with self._lock:
             if new_plan is not None:
                 self.plan = new_plan
                 self._by_version.clear()  # rebuilt against the new plan
+                self._by_pinned_ref = {}
                 self._lookups = {}
             self._by_ref = self._refs(state, previous=self._by_ref)
             self._aliases = state
@@ -218,15 +238,22 @@ class Predictor:
         return True
 
     def _changed_plan(self) -> ServingPlan | None:
-        """The repo's plan when `carrara apply` rewrote it since we read it, else None."""
+        """The repo's plan when `carrara apply` changed its definitions since we read it.
+
+        `carrara materialize` rewrites the plan too, only to record the registry's new
+        fingerprint: that is adopted quietly, without rebuilding any model.
+        """
         stamp = _stamp(self.plan.path)
         if stamp == self._plan_stamp:
             return None
-        self._plan_stamp = stamp
         try:
             plan = load_plan(RepoFiles.locate(self._repo))
-        except PlanError as exc:
-            log.error("serving plan changed but cannot be used, keeping the old one: %s", exc)
+        except PlanError as exc:  # e.g. mid-write by materialize: look again next time
+            log.info("serving plan changed but is not current yet: %s", exc)
+            return None
+        self._plan_stamp = stamp
+        if _definitions(plan) == _definitions(self.plan):
+            self.plan = plan
             return None
         log.info("serving plan reloaded from %s", plan.path)
         return plan

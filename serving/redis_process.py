@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -74,6 +75,7 @@ class RedisProcess:
                     raise OSError(f"redis-server exited at start on port {self.port}")
                 try:
                     if client.ping():
+                        self._check_it_is_ours(client, self.process.pid)
                         return
                 except redis.ConnectionError:
                     time.sleep(0.02)
@@ -81,6 +83,12 @@ class RedisProcess:
             client.close()
         self.stop()
         raise OSError(f"redis-server on port {self.port} did not answer within {START_TIMEOUT_S} s")
+
+    def _check_it_is_ours(self, client: redis.Redis, pid: int) -> None:
+        """Another server may have taken the port between probe and bind: never use it."""
+        info = cast(dict[str, Any], client.info("server"))
+        if int(info["process_id"]) != pid:
+            raise OSError(f"port {self.port} is served by another redis-server")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

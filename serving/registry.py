@@ -264,7 +264,7 @@ class ModelRegistry:
         model_dir = self.root / name
         if not NAME_RE.fullmatch(name) or not model_dir.is_dir():
             known = ", ".join(self.names()) or "none"
-            raise NotFoundError(f"no model {name!r} in registry {self.root} (models: {known})")
+            raise NotFoundError(f"no model {name!r} (models: {known})")
         return model_dir
 
     def _verified(self, name: str, version: int) -> tuple[ModelCard, str]:

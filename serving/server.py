@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.config import redis_settings
-from serving.errors import StoreUnavailableError
+from serving.errors import StoreUnavailableError, UsageError
 from serving.feature_repo import ensure_plan
 from serving.metrics import Metrics
 from serving.online_store import OnlineStore
@@ -64,7 +64,11 @@ class Server:
         self.predictor = Predictor(
             plan, settings.repo, self.store, ModelRegistry(settings.registry), self.metrics
         )
-        self.predictor.load_all()
+        try:
+            self.predictor.load_all()
+        except BaseException:
+            self.store.close()
+            raise
         self.health = health.HealthServicer()
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="carrara-rpc"),
@@ -85,12 +89,22 @@ class Server:
 
     def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._grpc.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot bind the gRPC server to {address}")
+        try:
+            self.port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc's "Failed to bind": the port is taken or the host bad
+            raise UsageError(f"cannot listen on {address}: port in use or bad host") from exc
         self._grpc.start()
         if self.settings.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(self.settings.host, self.settings.metrics_port)
+            try:
+                self.metrics_port = self.metrics.serve(
+                    self.settings.host, self.settings.metrics_port
+                )
+            except OSError as exc:
+                self._grpc.stop(0)
+                raise UsageError(
+                    f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port}: "
+                    f"{exc.strerror}"
+                ) from exc
         self._check_health()
         for target, name in ((self._watch_health, "health"), (self._watch_models, "reload")):
             thread = threading.Thread(target=target, name=f"carrara-{name}", daemon=True)
@@ -101,6 +115,7 @@ class Server:
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
         self._grpc.stop(grace_s).wait()
+        self.metrics.close()
         for thread in self._threads:
             thread.join(timeout=5)
         self.store.close()

@@ -33,13 +33,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Most specific class first; anything else is INTERNAL.
-STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode], ...] = (
-    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (ModelError, grpc.StatusCode.FAILED_PRECONDITION),  # a version on disk is broken
+# Most specific class first; anything else is INTERNAL. A message of None sends the error's
+# own text (it names the client's field, row, model or version); otherwise the fixed text is
+# sent and the detail (URLs, paths) goes to the log only.
+STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode, str | None], ...] = (
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT, None),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND, None),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, "the online store is unavailable"),
+    (ModelError, grpc.StatusCode.FAILED_PRECONDITION, "this model version is broken on the server"),
 )
+INTERNAL = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
 # online_store.Status (MISSING 0, PRESENT 1, STALE 2) -> the wire's FeatureStatus
 WIRE_STATUS = np.array([pb.MISSING, pb.PRESENT, pb.STALE], dtype=np.int32)
 DEFAULT_TIMEOUT_S = 1.0  # Redis timeout when the client sets no deadline
@@ -136,23 +139,20 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
     @contextmanager
     def _guard(self, context: grpc.ServicerContext, method: str, model: str) -> Iterator[None]:
         started = time.perf_counter()
-        code = grpc.StatusCode.OK
+        label = self._predictor.metric_label(model)  # never a raw client string: bounded labels
         try:
             yield
         except CarraraError as exc:
-            code = next(
-                (c for cls, c in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL
-            )
-            log.warning("%s model=%s status=%s error=%s", method, model, code.name, exc)
-            self._metrics.observe(method, model, code.name, time.perf_counter() - started)
-            context.abort(code, str(exc) if code != grpc.StatusCode.INTERNAL else "internal error")
+            code, public = next(((c, m) for k, c, m in STATUS_OF if isinstance(exc, k)), INTERNAL)
+            log.warning("%s model=%r status=%s error=%s", method, model, code.name, exc)
+            self._metrics.observe(method, label, code.name, time.perf_counter() - started)
+            context.abort(code, public or str(exc))
         except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s model=%s status=INTERNAL", method, model)
-            self._metrics.observe(method, model, code.name, time.perf_counter() - started)
-            context.abort(code, "internal error; see the server log")
+            log.exception("%s model=%r status=INTERNAL", method, model)
+            self._metrics.observe(method, label, "INTERNAL", time.perf_counter() - started)
+            context.abort(*INTERNAL)
         else:
-            self._metrics.observe(method, model, code.name, time.perf_counter() - started)
+            self._metrics.observe(method, label, "OK", time.perf_counter() - started)
 
 
 def _timeout_s(context: grpc.ServicerContext) -> float:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import signal
-import socket
 import sys
 import threading
 from dataclasses import replace
 from types import FrameType
 
+from serving.errors import UsageError
+from serving.feature_repo import ensure_plan
+from serving.redis_process import free_port
 from serving.server import Server, ServerSettings
 
 log = logging.getLogger(__name__)
@@ -24,12 +26,17 @@ log = logging.getLogger(__name__)
 def serve_forever(settings: ServerSettings, processes: int = 1) -> int:
     if processes == 1:
         return _run_one(settings)
+    if settings.metrics_port is not None:
+        raise UsageError(
+            "--metrics-port serves one process; with --processes N, scrape each "
+            "process through its own `carrara serve` instead"
+        )
     if settings.port == 0:
-        settings = replace(settings, port=_free_port(settings.host))
+        settings = replace(settings, port=free_port())
+    ensure_plan(settings.repo)  # compile a stale plan once here, not once per child
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=_run_one, args=(replace(settings, metrics_port=None),), daemon=False)
-        for _ in range(processes)
+        context.Process(target=_run_one, args=(settings,), daemon=False) for _ in range(processes)
     ]
     for child in children:
         child.start()
@@ -70,9 +77,3 @@ def _run_one(settings: ServerSettings) -> int:
     server.stop()
     print("server stopped", file=sys.stderr, flush=True)
     return 0
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])

@@ -26,6 +26,12 @@ _NOW = datetime.now(UTC).replace(second=0, microsecond=0)
 WORLD_END = _NOW.replace(minute=_NOW.minute - _NOW.minute % 5)
 
 
+@pytest.fixture(autouse=True)
+def _no_redis_url_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's CARRARA_REDIS_URL must never point a test at their Redis."""
+    monkeypatch.delenv("CARRARA_REDIS_URL", raising=False)
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     if shutil.which("redis-server") is None:
@@ -50,6 +56,7 @@ def write_repo(target: Path, data_dir: Path, redis_port: int) -> Path:
         ROOT / "feature_repo", target, ignore=shutil.ignore_patterns("data", "__pycache__")
     )
     config = (target / "feature_store.yaml").read_text()
+    assert '"127.0.0.1:6379"' in config, "feature_store.yaml changed: update write_repo"
     config = config.replace('"127.0.0.1:6379"', f'"127.0.0.1:{redis_port}"')
     (target / "feature_store.yaml").write_text(config)
     (target / "data").mkdir()

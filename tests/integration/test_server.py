@@ -324,13 +324,13 @@ def test_promotion_is_picked_up_without_failing_requests(
     finally:
         stop.set()
         thread.join()
+        registry.rollback("pricing", "production")
     assert served == str(version)
     assert failures == []
-    registry.rollback("pricing", "production")
 
 
 def test_broken_new_version_is_refused_and_the_old_one_keeps_serving(
-    server: Server, client: PredictionClient, registry_root: Path
+    server: Server, client: PredictionClient, registry_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = ModelRegistry(registry_root)
     card = registry.card("eta:1")
@@ -341,8 +341,21 @@ def test_broken_new_version_is_refused_and_the_old_one_keeps_serving(
         registry.promote("eta", version, "production")  # the registry refuses it...
     model_dir = registry_root / "eta"  # ...so move the alias by hand, as a careless script would
     write_aliases(model_dir, pushed(read_aliases(model_dir), "production", version, "promote"))
-    time.sleep(1.0)  # several watch intervals
-    reply = client.predict(
+    try:
+        deadline = time.monotonic() + 10
+        refused = f"cannot serve eta:{version} as eta@production"
+        while refused not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert refused in caplog.text  # the watcher saw the move and refused the version
+        assert "keeping version 1" in caplog.text
+        reply = eta_request(client)
+    finally:
+        registry.rollback("eta", "production")
+    assert reply.model_version == "1"
+
+
+def eta_request(client: PredictionClient) -> pb.PredictResponse:
+    return client.predict(
         "eta",
         {"driver_id": [1], "pickup_zone_id": [1], "dropoff_zone_id": [2]},
         {
@@ -353,8 +366,6 @@ def test_broken_new_version_is_refused_and_the_old_one_keeps_serving(
             "request_ts_s": [int(time.time())],
         },
     )
-    assert reply.model_version == "1"
-    registry.rollback("eta", "production")
 
 
 def test_redis_outage_is_unavailable_then_recovers(
@@ -370,7 +381,7 @@ def test_redis_outage_is_unavailable_then_recovers(
         )
         assert error.code() == grpc.StatusCode.UNAVAILABLE
         assert time.monotonic() - started < 5
-        assert "redis://127.0.0.1" in error.details()
+        assert error.details() == "the online store is unavailable"  # no URL to the client
         deadline = time.monotonic() + 5
         status = None
         while status != health_pb2.HealthCheckResponse.NOT_SERVING and time.monotonic() < deadline:
@@ -397,3 +408,34 @@ def test_values_helper_maps_python_types() -> None:
     assert to_values([1.5]).WhichOneof("kind") == "double_values"
     assert to_values(["a"]).WhichOneof("kind") == "string_values"
     assert to_values([True]).WhichOneof("kind") == "bool_values"
+
+
+def test_serve_on_a_taken_port_is_one_line(
+    server: Server, applied_repo: Path, registry_root: Path, redis_server: RedisProcess
+) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "serve",
+            "--repo",
+            str(applied_repo),
+            "--registry",
+            str(registry_root),
+            "--port",
+            str(server.port),
+            "--redis-url",
+            redis_server.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{server.port}" in result.stderr
+    assert "Traceback" not in result.stderr
