@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +19,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from serving.redis_process import private_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,48 +148,11 @@ def _temp_text() -> Iterator[tuple[Any, Path]]:
 # --- a private redis-server -----------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def redis_server(workdir: Path, extra_args: Sequence[str] = (), attempts: int = 5) -> Iterator[int]:
     """A redis-server on a free loopback port, no persistence; yields the port, stops by pid."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-    for _ in range(attempts):  # the port may be taken between the probe and the bind
-        port = free_port()
-        args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
-        process = subprocess.Popen(
-            [binary, *args, "--dir", str(workdir), *extra_args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        if _answers_ping(port, process):
-            break
-        _stop(process)
-    else:
-        raise RuntimeError(f"could not start redis-server in {attempts} attempts")
-    try:
-        yield port
-    finally:
-        _stop(process)
-
-
-def _answers_ping(port: int, process: subprocess.Popen[bytes], timeout_s: float = 10) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return True
-        except OSError:
-            time.sleep(0.02)
-    return False
+    with private_redis(workdir, extra_args=extra_args, attempts=attempts) as server:
+        yield server.port
 
 
 def cpu_seconds(pid: int) -> float:

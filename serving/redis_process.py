@@ -11,7 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -30,9 +30,12 @@ def free_port() -> int:
 
 
 class RedisProcess:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,6 +66,7 @@ class RedisProcess:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -102,10 +106,12 @@ class RedisProcess:
 
 
 @contextmanager
-def private_redis(workdir: Path, attempts: int = 5) -> Iterator[RedisProcess]:
+def private_redis(
+    workdir: Path, extra_args: Sequence[str] = (), attempts: int = 5
+) -> Iterator[RedisProcess]:
     """A started server; retried on another port if one was taken between probe and bind."""
     for _attempt in range(attempts):
-        server = RedisProcess(workdir)
+        server = RedisProcess(workdir, extra_args=extra_args)
         try:
             server.start()
             break

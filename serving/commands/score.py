@@ -7,6 +7,7 @@ from pathlib import Path
 
 from serving.commands.arguments import (
     Subparsers,
+    positive,
     redis_url_option,
     registry_option,
     repo_option,
@@ -40,19 +41,9 @@ def add(commands: Subparsers) -> None:
         default="event_timestamp",
         help="the input's event-time column (default: %(default)s)",
     )
-    p.add_argument("--chunk-rows", type=_positive, default=None, help="rows per chunk")
-    p.add_argument("--threads", type=_positive, default=None, help="LightGBM threads (all cores)")
+    p.add_argument("--chunk-rows", type=positive, default=None, help="rows per chunk")
+    p.add_argument("--threads", type=positive, default=None, help="LightGBM threads (all cores)")
     p.set_defaults(run=run)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
