@@ -77,8 +77,16 @@ def pd_ts(ts: datetime) -> np.datetime64:
     return pd.Timestamp(ts)
 
 
-def test_trip_duration_follows_distance_and_traffic(world_data: Path) -> None:
-    trips = pq.read_table(world_data / "trips.parquet").to_pandas()
+@pytest.fixture(scope="module")
+def fixed_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A world with a fixed end (the shared test world ends 'now': its hours vary by run)."""
+    out = tmp_path_factory.mktemp("fixed-world")
+    generate(WorldSpec(out=out, drivers=300, zones=16, hours=48, end=END))
+    return out
+
+
+def test_trip_duration_follows_distance_and_traffic(fixed_world: Path) -> None:
+    trips = pq.read_table(fixed_world / "trips.parquet").to_pandas()
     lat = np.radians(trips[["pickup_lat", "dropoff_lat"]].to_numpy())
     dlat = lat[:, 1] - lat[:, 0]
     dlon = np.radians(trips["dropoff_lon"] - trips["pickup_lon"]).to_numpy()
@@ -92,11 +100,11 @@ def test_trip_duration_follows_distance_and_traffic(world_data: Path) -> None:
     assert rush > 1.1 * night  # traffic slows rush-hour trips (no effect: ~1.0)
 
 
-def test_surge_follows_demand_more_than_its_lagged_average(world_data: Path) -> None:
+def test_surge_follows_demand_more_than_its_lagged_average(fixed_world: Path) -> None:
     import pandas as pd
 
-    surge = pq.read_table(world_data / "surge_observations.parquet").to_pandas()
-    zones = pq.read_table(world_data / "zone_stats.parquet").to_pandas()
+    surge = pq.read_table(fixed_world / "surge_observations.parquet").to_pandas()
+    zones = pq.read_table(fixed_world / "zone_stats.parquet").to_pandas()
     joined = pd.merge_asof(
         surge.sort_values("event_timestamp"),
         zones.sort_values("event_timestamp"),
