@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import lightgbm as lgb
 import numpy as np
 import pytest
@@ -75,3 +78,20 @@ def test_best_iteration_is_honoured_like_booster_predict(booster: lgb.Booster) -
 def test_wrong_width_is_refused(scorer: Scorer) -> None:
     with pytest.raises(ValueError, match=f"expected \\(rows, {N_FEATURES}\\)"):
         scorer.score(np.zeros((1, N_FEATURES + 1)))
+
+
+def test_threads_scoring_at_once_each_get_their_own_rows_score(
+    booster: lgb.Booster, scorer: Scorer
+) -> None:
+    rows = np.random.default_rng(3).normal(size=(64, N_FEATURES))
+    expected = booster.predict(rows)
+    barrier = threading.Barrier(4)
+
+    def score_all(offset: int) -> list[float]:
+        barrier.wait()
+        order = [(offset + i) % len(rows) for i in range(len(rows) * 20)]
+        return [scorer.score(rows[i : i + 1])[0] - expected[i] for i in order]
+
+    with ThreadPoolExecutor(4) as pool:
+        diffs = [d for result in pool.map(score_all, range(4)) for d in result]
+    assert max(map(abs, diffs)) == 0.0
