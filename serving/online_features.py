@@ -18,7 +18,7 @@ from serving.errors import InvalidRequestError, NotFoundError, PlanError
 from serving.online_store import OnlineStore, ReadPlan, build_read_plan
 from serving.plan import Column, Projection, ServingPlan
 
-Columns = Mapping[str, Any]  # request column -> numpy array
+Columns = Mapping[str, Sequence[Any]]  # request column -> one value per row
 
 SCALAR_DTYPES = frozenset(
     {"Int32", "Int64", "UnixTimestamp", "Float32", "Float64", "String", "Bool"}

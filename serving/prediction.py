@@ -34,7 +34,7 @@ from serving.scorer import Scorer
 
 log = logging.getLogger(__name__)
 MAX_PINNED = 64  # "name:version" refs kept loaded besides the aliased ones
-Columns = Mapping[str, Any]  # request column -> numpy array
+Columns = Mapping[str, Any]  # request column -> one value per row (a list or numpy array)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -46,18 +45,17 @@ def test_well_formed_columns_round_trip(rows: tuple[list[int], list[float], list
     }
     columns, n = read_columns("entities", request, EXPECTED, max_rows=100)
     assert n == len(ids)
-    assert columns["driver_id"].dtype == np.int64
-    assert columns["driver_id"].tolist() == ids
-    assert columns["lat"].tolist() == lats
-    assert columns["kind"].tolist() == kinds
+    assert columns == {"driver_id": ids, "lat": lats, "kind": kinds}
+    assert all(type(v) is int for v in columns["driver_id"])
+    assert all(type(v) is float for v in columns["lat"])
 
 
 def test_integers_are_accepted_for_a_double_field() -> None:
     columns, _ = read_columns(
         "request_data", {"lat": values("int64_values", [44])}, [Column("lat", "Float64")], 10
     )
-    assert columns["lat"].dtype == np.float64
-    assert columns["lat"].tolist() == [44.0]
+    assert columns["lat"] == [44.0]
+    assert type(columns["lat"][0]) is float
 
 
 @settings(max_examples=100, deadline=None)
