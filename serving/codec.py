@@ -749,7 +749,14 @@ def _last_oneof(raw: bytes) -> tuple[int, object]:
 
 
 def decode_numeric(dtype: str, raws: Sequence[bytes | None], out: npt.NDArray[np.float64]) -> None:
-    """Decode scalar numeric/bool Values into float64 ``out``; NaN for null or missing.
+    """Decode scalar numeric/bool Values into float64 ``out``; NaN for null or missing."""
+    if len(out) != len(raws):
+        raise CodecError(f"decode_numeric: {len(raws)} values for {len(out)} slots")
+    out[:] = numeric_values(dtype, raws)
+
+
+def numeric_values(dtype: str, raws: Sequence[bytes | None]) -> list[float]:
+    """Scalar numeric/bool Values as Python numbers (NaN for null or missing), in order.
 
     The server's hot path: single-field values are read straight from the key byte; anything
     else (multiple fields, odd encodings) takes the general parser. Like Feast, the stored
@@ -757,8 +764,6 @@ def decode_numeric(dtype: str, raws: Sequence[bytes | None], out: npt.NDArray[np
     """
     if dtype not in _NUMERIC_DTYPES:
         raise CodecError(f"decode_numeric: dtype {dtype!r} is not numeric")
-    if len(out) != len(raws):
-        raise CodecError(f"decode_numeric: {len(raws)} values for {len(out)} slots")
     result: list[float] = []
     append = result.append
     for row, raw in enumerate(raws):
@@ -778,7 +783,7 @@ def decode_numeric(dtype: str, raws: Sequence[bytes | None], out: npt.NDArray[np
             append(_VARINT_NUMBERS[key](value))
         else:
             append(_numeric_slow(dtype, raw, row))
-    out[:] = result
+    return result
 
 
 def _sole_varint(raw: bytes) -> int | None:

@@ -22,14 +22,17 @@ ahead of their replies, so Redis keeps working while the caller encodes the next
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import hiredis
 import numpy as np
 import numpy.typing as npt
 import redis
@@ -43,6 +46,7 @@ from serving.write_guard import FramedRows, RowBatch, framed_batches, write_scri
 READ_TIMEOUT_S = 1.0
 WRITE_TIMEOUT_S = 60.0
 IN_FLIGHT = 32  # write batches sent ahead of their replies: Redis never waits on the encoder
+READ_BUFFER_BYTES = 1 << 16
 _NAN = math.nan
 _US = 1_000_000
 MISSING, PRESENT, STALE = 0, 1, 2  # values of a status matrix
@@ -99,14 +103,20 @@ class OnlineStore:
             raise UsageError("Redis Cluster (redis_type: redis_cluster) is not supported yet")
         self.settings = settings
         self.project = project
-        self._pool = redis.ConnectionPool.from_url(
+        self._pool = redis.ConnectionPool.from_url(  # writes; its settings make read links too
             settings.url, socket_timeout=READ_TIMEOUT_S, socket_connect_timeout=READ_TIMEOUT_S
         )
+        self._links = threading.local()  # the request path's connection, one per thread
+        self._all_links: list[_Link] = []
+        self._links_lock = threading.Lock()
 
     def ping(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         self._send(b"*1\r\n$4\r\nPING\r\n", 1, timeout_s)
 
     def close(self) -> None:
+        with self._links_lock:
+            for link in self._all_links:
+                link.close()
         self._pool.disconnect()
 
     # --- reads -------------------------------------------------------------------------------
@@ -123,25 +133,29 @@ class OnlineStore:
         values_at, ts_at = plan.destinations(n)
         pairs = zip(plan.groups, fetched, strict=True)
         raws = [raw for group, rows in pairs for row in rows for raw in group.numeric(row)]
-        flat = np.empty(len(raws))
         try:
-            codec.decode_numeric("Float64", raws, flat)  # the dtype only names errors
+            decoded = codec.numeric_values("Float64", raws)  # the dtype only names errors
         except codec.CodecError:
             _raise_bad_value(plan, fetched)
         values = np.full((n, len(plan.feature_names)), _NAN)
-        values.reshape(-1)[values_at] = flat
+        values.reshape(-1)[values_at] = decoded
+        checksum = math.fsum(decoded)  # NaN if any value is missing (inf - inf: also checked)
         for group, rows in zip(plan.groups, fetched, strict=True):
             for feature in group.categorical:
                 get = (feature.categories or {}).get
-                values[:, feature.column] = [
-                    get(row[feature.field_at] or b"", _NAN) for row in rows
-                ]
+                codes = [get(row[feature.field_at] or b"", _NAN) for row in rows]
+                values[:, feature.column] = codes
+                checksum += math.fsum(codes)
         event_ts = np.zeros((n, len(plan.view_names)), np.int64)
         event_ts.reshape(-1)[ts_at] = _timestamps(plan, fetched)
         now_us = int((time.time() if now_s is None else now_s) * _US)
+        stale_views = _stale(plan, event_ts, now_us)
+        if not math.isnan(checksum) and not stale_views.any():  # the common case: all there
+            status, missing = plan.all_present(n)
+            return OnlineRead(values, status, event_ts, missing)
         read = values[:, plan.read_columns]
         present = ~np.isnan(read)
-        stale = _stale(plan, event_ts, now_us)[:, plan.slot_of_column] & present
+        stale = stale_views[:, plan.slot_of_column] & present
         status = np.zeros(values.shape, np.uint8)
         status[:, plan.read_columns] = np.where(stale, STALE, present)
         if stale.any():
@@ -256,24 +270,98 @@ class OnlineStore:
         return conn
 
     def _send(self, packed: bytes, replies: int, timeout_s: float) -> list[Any]:
-        """Send pipelined commands (RESP bytes) and read their `replies`."""
+        """Send pipelined commands (RESP bytes) on this thread's link and read `replies`."""
         if not replies:
             return []
-        conn = self._connection(timeout_s)
+        link = getattr(self._links, "link", None)
+        if link is None:
+            link = self._links.link = _Link(self._new_connection)
+            with self._links_lock:
+                self._all_links.append(link)
         try:
-            conn.send_packed_command([packed], check_health=False)
-            return [conn.read_response() for _ in range(replies)]
+            return link.exchange(packed, replies, timeout_s)
         except redis.RedisError as exc:
-            conn.disconnect()
             raise self._unavailable(exc) from exc
-        except BaseException:
-            conn.disconnect()
-            raise
-        finally:
-            self._pool.release(conn)
+
+    def _new_connection(self) -> Any:
+        return self._pool.connection_class(**self._pool.connection_kwargs)
 
     def _unavailable(self, exc: redis.RedisError) -> StoreUnavailableError:
         return StoreUnavailableError(f"Redis at {self.settings.redacted_url}: {exc}")
+
+
+class _Link:
+    """One thread's read connection. redis-py connects it (URL, AUTH, SELECT, TLS); the
+    exchange then writes the pipeline to its socket and parses every reply with one hiredis
+    reader. The pool's checkout (a poll() per call) and redis-py's per-reply read_response
+    cost more than the round trip itself at 100 rows (~300 replies).
+
+    A link used before may find that Redis restarted meanwhile: a connection error on it is
+    retried once on a new connection (reads are idempotent; a timeout is not retried). Any
+    failure drops the connection, so no reply is ever left unread on it.
+    """
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._conn = connect()
+        self._reader: Any = None
+        self._buffer = bytearray(READ_BUFFER_BYTES)
+        self._timeout_s: float | None = None
+
+    def exchange(self, packed: bytes, count: int, timeout_s: float) -> list[Any]:
+        reused = self._reader is not None
+        try:
+            return self._exchange(packed, count, timeout_s)
+        except redis.ConnectionError:
+            self.close()
+            if not reused:
+                raise
+        except BaseException:
+            self.close()
+            raise
+        try:
+            return self._exchange(packed, count, timeout_s)
+        except BaseException:
+            self.close()
+            raise
+
+    def _exchange(self, packed: bytes, count: int, timeout_s: float) -> list[Any]:
+        sock = self._socket(timeout_s)
+        reader, buffer = self._reader, self._buffer
+        replies: list[Any] = []
+        try:
+            sock.sendall(packed)
+            while len(replies) < count:
+                reply = reader.gets()
+                if reply is False:
+                    received = sock.recv_into(buffer)
+                    if not received:
+                        raise redis.ConnectionError("Redis closed the connection")
+                    reader.feed(buffer, 0, received)
+                else:
+                    replies.append(reply)
+        except TimeoutError as exc:  # socket.timeout
+            raise redis.TimeoutError(f"Timeout after {timeout_s:g} s reading from Redis") from exc
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
+        if hiredis.ReplyError in map(type, replies):
+            error = next(r for r in replies if isinstance(r, hiredis.ReplyError))
+            raise redis.ResponseError(str(error))
+        return replies
+
+    def _socket(self, timeout_s: float) -> Any:
+        if self._reader is None:
+            self._conn.connect()  # raises redis.ConnectionError / TimeoutError
+            self._reader = hiredis.Reader()
+            self._timeout_s = None
+        sock = self._conn._sock  # redis-py keeps no public accessor
+        if timeout_s != self._timeout_s:
+            sock.settimeout(timeout_s)
+            self._timeout_s = timeout_s
+        return sock
+
+    def close(self) -> None:
+        self._reader = None
+        self._conn.disconnect()
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -296,7 +384,9 @@ def _entity_columns(
         if name not in entities:
             raise InvalidRequestError(f"entities: missing column {name!r}")
         column = entities[name]
-        columns[name] = column.tolist() if hasattr(column, "tolist") else list(column)
+        if not isinstance(column, list):
+            column = column.tolist() if hasattr(column, "tolist") else list(column)
+        columns[name] = column
     lengths = {len(c) for c in columns.values()}
     if len(lengths) > 1:
         raise InvalidRequestError(f"entities: columns differ in length ({sorted(lengths)})")
@@ -323,7 +413,7 @@ def _encode_keys(group: KeyGroup, columns: dict[str, list[Any]]) -> list[bytes]:
 
 def _timestamps(plan: ReadPlan, fetched: list[list[list[bytes | None]]]) -> list[int]:
     """Each row's `_ts` per view, in the order of `plan.destinations`; 0 when absent."""
-    decode = codec.decode_timestamp_micros
+    decode = _timestamp_micros
     try:
         return [
             decode(raw) or 0
@@ -335,8 +425,12 @@ def _timestamps(plan: ReadPlan, fetched: list[list[list[bytes | None]]]) -> list
         raise DataError(f"a stored _ts of views {list(plan.view_names)}: {exc}") from exc
 
 
+# One materialize run writes one `_ts` per view, so a read sees few distinct values: memoized.
+_timestamp_micros = functools.lru_cache(maxsize=4096)(codec.decode_timestamp_micros)
+
+
 def _stale(plan: ReadPlan, event_ts: npt.NDArray[np.int64], now_us: int) -> npt.NDArray[np.bool_]:
-    stale: npt.NDArray[np.bool_] = (plan.ttl_us > 0) & (event_ts < now_us - plan.ttl_us)
+    stale: npt.NDArray[np.bool_] = event_ts < now_us - plan.ttl_or_never_us
     return stale
 
 

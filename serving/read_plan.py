@@ -36,6 +36,7 @@ from serving.plan import FeatureViewPlan, Projection, ServingPlan
 
 NUMERIC_DTYPES = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"})
 _US = 1_000_000
+NEVER_US = 2**62  # a ttl no event time can exceed: now - NEVER_US is before any timestamp
 _CACHED_LAYOUTS = 256  # batch sizes whose gather layout is kept
 
 Getter = Callable[[Sequence[Any]], tuple[Any, ...]]
@@ -79,7 +80,11 @@ class ReadPlan:
     read_columns: npt.NDArray[np.intp]  # the columns this plan fills
     slot_of_column: npt.NDArray[np.intp]  # per read column: its view's slot
     ttl_us: npt.NDArray[np.int64]  # per view slot; 0: never stale
+    ttl_or_never_us: npt.NDArray[np.int64]  # ttl_us with 0 as NEVER_US: stale iff ts < now - it
     _layouts: dict[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]] = field(
+        default_factory=dict, repr=False
+    )
+    _all_present: dict[int, tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]] = field(
         default_factory=dict, repr=False
     )
 
@@ -99,6 +104,21 @@ class ReadPlan:
         if rows <= _CACHED_LAYOUTS:
             self._layouts[rows] = result
         return result
+
+    def all_present(self, rows: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
+        """The (rows, features) status of a read that found every feature fresh (PRESENT in
+        the read columns, MISSING elsewhere) and its zero missing count per row; read-only,
+        shared between reads, cached for small batches."""
+        cached = self._all_present.get(rows)
+        if cached is not None:
+            return cached
+        status = np.zeros((rows, len(self.feature_names)), np.uint8)
+        status[:, self.read_columns] = 1  # online_store.PRESENT
+        missing = np.zeros(rows, np.int32)
+        status.flags.writeable = missing.flags.writeable = False
+        if rows <= _CACHED_LAYOUTS:
+            self._all_present[rows] = (status, missing)
+        return status, missing
 
 
 def build_read_plan(
@@ -146,6 +166,7 @@ def build_read_plan(
         read_columns=np.array([f.column for f in read], np.intp),
         slot_of_column=np.array([f.slot for f in read], np.intp),
         ttl_us=np.array(ttl_us, np.int64),
+        ttl_or_never_us=np.array([t or NEVER_US for t in ttl_us], np.int64),
     )
 
 

@@ -45,7 +45,10 @@ STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode, str | None], ...] = 
 INTERNAL = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
 # online_store.Status (MISSING 0, PRESENT 1, STALE 2) -> the wire's FeatureStatus
 WIRE_STATUS = np.array([pb.MISSING, pb.PRESENT, pb.STALE], dtype=np.int32)
-DEFAULT_TIMEOUT_S = 1.0  # Redis timeout when the client sets no deadline
+# Redis timeout: the client's remaining deadline, at most this. A cap, not only a default:
+# a constant timeout spares a socket settimeout (two fcntl calls) per request, and a Redis
+# read that takes a second is an outage to report, not to wait out.
+MAX_REDIS_TIMEOUT_S = 1.0
 
 
 class PredictionServicer(pb_grpc.PredictionServiceServicer):
@@ -157,4 +160,8 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
 
 def _timeout_s(context: grpc.ServicerContext) -> float:
     remaining: float | None = context.time_remaining()
-    return DEFAULT_TIMEOUT_S if remaining is None else max(0.001, min(remaining, 30.0))
+    return (
+        MAX_REDIS_TIMEOUT_S
+        if remaining is None
+        else max(0.001, min(remaining, MAX_REDIS_TIMEOUT_S))
+    )

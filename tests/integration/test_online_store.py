@@ -292,6 +292,29 @@ def test_store_recovers_after_redis_restarts(redis_server: RedisServer, redis_ur
     store.close()
 
 
+def test_a_connection_that_redis_dropped_is_replaced_without_failing_a_read(
+    redis_server: RedisServer, redis_url: str
+) -> None:
+    store = OnlineStore(RedisSettings(redis_url), PROJECT)
+    plan = build_read_plan(PLAN, SERVICE.projections[:1])
+    _write_drivers(store, [1], [NOW_US])
+    assert store.read(plan, {"driver_id": [1]}, now_s=NOW_S).missing_per_row.tolist() == [0]
+    redis.Redis.from_url(redis_url).execute_command("CLIENT", "KILL", "TYPE", "normal")
+    read = store.read(plan, {"driver_id": [1]}, now_s=NOW_S)  # the read link was killed
+    assert read.values[0, :2].tolist() == [0.0, 0.0]
+    store.close()
+
+
+def test_an_error_reply_is_a_clear_store_error(store: OnlineStore, redis_url: str) -> None:
+    plan = build_read_plan(PLAN, SERVICE.projections[:1])
+    key = plan.groups[0].encode_keys([[1]])[0]
+    redis.Redis.from_url(redis_url).set(key, b"not a hash")
+    with pytest.raises(StoreUnavailableError, match="WRONGTYPE"):
+        store.read(plan, {"driver_id": [1, 2]})
+    _write_drivers(store, [2], [NOW_US])
+    assert store.read(plan, {"driver_id": [2]}, now_s=NOW_S).values[0, 0] == 0.0
+
+
 @pytest.mark.parametrize("features", [1, 40, 41, 150])
 def test_any_number_of_features_is_written_whole(
     store: OnlineStore, redis_url: str, features: int
