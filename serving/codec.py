@@ -615,6 +615,7 @@ _NUMERIC_DTYPES: Final = frozenset(
 )
 _NAN: Final = float("nan")
 _SMALL_INT_KEYS: Final = frozenset([0x18, 0x20, 0x40])  # int32, int64, unix timestamp
+_IS_SMALL_INT_KEY: Final = np.isin(np.arange(256), sorted(_SMALL_INT_KEYS))  # by key byte
 
 
 def _signed64(value: int) -> int:
@@ -784,6 +785,43 @@ def numeric_values(dtype: str, raws: Sequence[bytes | None]) -> list[float]:
         else:
             append(_numeric_slow(dtype, raw, row))
     return result
+
+
+def numeric_array(dtype: str, raws: Sequence[bytes | None]) -> npt.NDArray[np.float64]:
+    """`numeric_values` as a float64 array, vectorised over the common encodings.
+
+    For long reads (a 100-row ETA request has ~2,700 values): the usual one-field encodings
+    (double, float, int varints of one or two bytes) are read by numpy from the joined bytes
+    in ~30 operations whatever the count; the rest takes `numeric_values` one by one.
+    """
+    if dtype not in _NUMERIC_DTYPES:
+        raise CodecError(f"decode_numeric: dtype {dtype!r} is not numeric")
+    present: Sequence[bytes] = [raw or b"" for raw in raws] if None in raws else raws  # type: ignore[assignment]
+    lengths = np.fromiter(map(len, present), np.intp, len(present))
+    flat = np.frombuffer(b"".join(present) + bytes(3), np.uint8)  # padded: key, first, second
+    starts = np.cumsum(lengths) - lengths
+    key, first, second = flat[starts], flat[starts + 1], flat[starts + 2]
+    out = np.full(len(present), _NAN)
+    done = lengths == 0
+    for key_byte, width, numpy_type in ((0x29, 8, "<f8"), (0x35, 4, "<f4")):
+        found = (key == key_byte) & (lengths == width + 1)
+        if found.any():
+            at = starts[found][:, None] + np.arange(1, width + 1)
+            out[found] = flat[at].view(numpy_type)[:, 0]
+            done |= found
+    small_int = _IS_SMALL_INT_KEY[key]
+    one_byte = small_int & (lengths == 2) & (first < 0x80)
+    out[one_byte] = first[one_byte]
+    two_bytes = small_int & (lengths == 3) & (first >= 0x80) & (second < 0x80)
+    out[two_bytes] = (first[two_bytes] & 0x7F) | (second[two_bytes].astype(np.int64) << 7)
+    rest = np.flatnonzero(~(done | one_byte | two_bytes))
+    if len(rest):
+        try:
+            out[rest] = numeric_values(dtype, [present[i] for i in rest.tolist()])
+        except CodecError:
+            numeric_values(dtype, raws)  # raises again, naming the right row
+            raise
+    return out
 
 
 def _sole_varint(raw: bytes) -> int | None:

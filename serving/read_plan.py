@@ -25,6 +25,7 @@ import operator
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -274,6 +275,8 @@ def key_encoder(join_keys: Sequence[str], dtypes: Sequence[str], project: str) -
         tag, pack = _FIXED[dtypes[0]]
         head = prefix + struct.pack("<II", tag, len(pack(0)))
         return lambda columns: [head + pack(v) + suffix for v in columns[0]]
+    if all(d in _FIXED for d in dtypes):  # e.g. route_stats' two zone ids: one pack per row
+        return _fixed_width_encoder(prefix, suffix, dtypes)
     packers = [_value_packer(d) for d in dtypes]
 
     def encode(columns: Sequence[Sequence[Any]]) -> list[bytes]:
@@ -281,6 +284,23 @@ def key_encoder(join_keys: Sequence[str], dtypes: Sequence[str], project: str) -
             b"".join([prefix, *(p(v) for p, v in zip(packers, row, strict=True)), suffix])
             for row in zip(*columns, strict=True)
         ]
+
+    return encode
+
+
+def _fixed_width_encoder(prefix: bytes, suffix: bytes, dtypes: Sequence[str]) -> KeyEncoder:
+    """Keys of integer join keys only: each value's header is a constant, so a row is one
+    struct pack of (header, value, header, value, ...)."""
+    formats = {"Int64": "q", "Int32": "i"}
+    pack = struct.Struct("<" + "".join(f"8s{formats[d]}" for d in dtypes)).pack
+    headers = [struct.pack("<II", _FIXED[d][0], len(_FIXED[d][1](0))) for d in dtypes]
+
+    def encode(columns: Sequence[Sequence[Any]]) -> list[bytes]:
+        if len({len(c) for c in columns}) > 1:
+            raise ValueError("key columns differ in length")
+        # headers repeat endlessly beside each column: zip ends with the (equal) columns
+        interleaved = [x for h, c in zip(headers, columns, strict=True) for x in (repeat(h), c)]
+        return [prefix + pack(*row) + suffix for row in zip(*interleaved, strict=False)]
 
     return encode
 

@@ -7,6 +7,7 @@ Golden tests run without Feast. Property tests marked `slow` import Feast once p
 from __future__ import annotations
 
 import math
+import re
 import struct
 import subprocess
 import sys
@@ -749,3 +750,23 @@ def test_column_and_single_row_keys_agree(names: list[str], data: st.DataObject)
     assert codec.encode_entity_keys(names, dtypes, [[v] for v in row], "p") == [single]
     assert single.startswith(codec.entity_key_prefix(names))
     assert single.endswith(b"p")
+
+
+@PROPERTY
+@given(data=st.data())
+def test_vectorised_numeric_decoding_equals_the_one_by_one_decoding(data: st.DataObject) -> None:
+    dtypes = ["Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"]
+    raws: list[bytes | None] = []
+    for dtype in data.draw(st.lists(st.sampled_from(dtypes), max_size=4)):
+        raws += codec.encode_values(dtype, data.draw(column_of(dtype)))
+    raws += data.draw(st.lists(st.sampled_from([None, b""]), max_size=3))
+    raws += data.draw(st.lists(st.binary(max_size=12), max_size=2))  # odd bytes, even malformed
+    raws = data.draw(st.permutations(raws))
+    try:
+        expected = codec.numeric_values("Float64", raws)
+    except codec.CodecError as error:
+        with pytest.raises(codec.CodecError, match=re.escape(str(error))):
+            codec.numeric_array("Float64", raws)
+        return
+    got = codec.numeric_array("Float64", raws)
+    assert struct.pack(f"<{len(raws)}d", *got) == struct.pack(f"<{len(raws)}d", *expected)
