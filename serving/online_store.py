@@ -1,11 +1,12 @@
 """The online store: Feast's Redis layout, read in one round trip, written with Feast's guard.
 
-The only runtime module that imports redis; every redis error leaves it as
+The only runtime module that imports redis (and hiredis); every redis error leaves it as
 StoreUnavailableError naming the redacted URL.
 
 Reads (the request path) follow a `ReadPlan` (serving/read_plan.py) resolved at start-up: per
 request only the given key values are encoded, ONE pipeline is sent (an HMGET of all fields
-per distinct key per key group) and the replies are decoded straight into a float64 matrix.
+per distinct key per key group) on the calling thread's own connection (`_Link`), and the
+replies are decoded straight into a float64 matrix.
 - `values` is NaN wherever `status` is not PRESENT: a key, field or stored value that is
   absent or null (b""), or a String whose bytes are not in its `categories`, is MISSING.
 - STALE: the view's `_ts` is older than now - ttl (ttl 0: never stale). Feast does not enforce
