@@ -347,7 +347,7 @@ class _Link:
                     replies.append(reply)
         except TimeoutError as exc:  # socket.timeout
             raise redis.TimeoutError(f"Timeout after {timeout_s:g} s reading from Redis") from exc
-        except OSError as exc:
+        except (OSError, hiredis.ProtocolError) as exc:
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
         if hiredis.ReplyError in map(type, replies):
             error = next(r for r in replies if isinstance(r, hiredis.ReplyError))

@@ -21,6 +21,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import operator
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -81,7 +82,6 @@ class ReadPlan:
     read_columns: npt.NDArray[np.intp]  # the columns this plan fills
     slot_of_column: npt.NDArray[np.intp]  # per read column: its view's slot
     ttl_us: npt.NDArray[np.int64]  # per view slot; 0: never stale
-    ttl_or_never_us: npt.NDArray[np.int64]  # ttl_us with 0 as NEVER_US: stale iff ts < now - it
     _layouts: dict[int, tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]] = field(
         default_factory=dict, repr=False
     )
@@ -105,6 +105,12 @@ class ReadPlan:
         if rows <= _CACHED_LAYOUTS:
             self._layouts[rows] = result
         return result
+
+    @functools.cached_property
+    def ttl_or_never_us(self) -> npt.NDArray[np.int64]:
+        """`ttl_us` with 0 as NEVER_US: a view's value is stale iff its ts < now - this."""
+        never: npt.NDArray[np.int64] = np.where(self.ttl_us > 0, self.ttl_us, NEVER_US)
+        return never
 
     def all_present(self, rows: int) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int32]]:
         """The (rows, features) status of a read that found every feature fresh (PRESENT in
@@ -167,7 +173,6 @@ def build_read_plan(
         read_columns=np.array([f.column for f in read], np.intp),
         slot_of_column=np.array([f.slot for f in read], np.intp),
         ttl_us=np.array(ttl_us, np.int64),
-        ttl_or_never_us=np.array([t or NEVER_US for t in ttl_us], np.int64),
     )
 
 
