@@ -72,6 +72,7 @@ TRAIN_END = datetime(2026, 11, 1, tzinfo=UTC)
 # machine is run again (bounded by Config.attempts); the least disturbed run is kept.
 OTHERS_LIMIT = 0.15
 MODELS = ("pricing", "eta")
+FEAST_WORKERS = 8  # `feast listen -w`, as in every earlier run
 STARTED_PIDS: list[int] = []  # every process this run started or saw its servers start
 # Benchmark-only feature services appended to the private repo copy: each model's stored
 # features, what `feast listen` can serve (it cannot take the request data of on-demand views).
@@ -362,11 +363,11 @@ def _check_models(target: str) -> None:
         raise RuntimeError(f"the server serves {sorted(served)}, not both of {MODELS}")
 
 
-def feast_server(world: World, work: Path, threads: int) -> Any:
+def feast_server(world: World, work: Path, workers: int = FEAST_WORKERS) -> Any:
     env = {**os.environ, "PYTHONPATH": str(world.repo)}
     return service(
         "feast listen",
-        lambda port: [str(BIN / "feast"), "listen", "-a", f"127.0.0.1:{port}", "-w", str(threads)],
+        lambda port: [str(BIN / "feast"), "listen", "-a", f"127.0.0.1:{port}", "-w", str(workers)],
         "",
         work / "feast-listen.log",
         cwd=world.repo,
@@ -855,7 +856,7 @@ def run_benchmark(
                 measure(pool, cfg, world, job, target="naive", processes=None, variant=variant)
             )
             print(f"  naive {model} {rows}{variant}: {_brief(results[-1])}")
-    with feast_server(world, work, cfg.threads) as feast:
+    with feast_server(world, work) as feast:
         startup["feast_listen"] = {"ready_s": feast.ready_s}
         print(f"  feast listen: SERVING after {feast.ready_s:.2f} s")
         for model, rows in cases:
@@ -959,7 +960,7 @@ def concurrency_study(
         ({"target": "carrara", "processes": p, "threads": t},
          lambda p=p, t=t: carrara_server(world, work, p, t))
         for p in cfg.processes
-        for t in (1, 4, 8)
+        for t in (1, 2, 4, 8)
     ]  # fmt: skip
     rows: list[dict[str, Any]] = []
     for labels, start in servers:
@@ -1066,7 +1067,9 @@ def main(argv: list[str] | None = None) -> int:
         default=(1, 2),
         help="carrara serve --processes values, comma-separated (default: 1,2)",
     )
-    parser.add_argument("--threads", type=int, default=8, help="server threads (default: 8)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="carrara and echo server threads (default: 2)"
+    )
     parser.add_argument("--clients", type=int, default=4, help="client processes (default: 4)")
     parser.add_argument(
         "--concurrency-study",

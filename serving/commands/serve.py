@@ -26,7 +26,12 @@ def add(commands: Subparsers) -> None:
     p.add_argument(
         "--max-rows", type=count, default=1_000, help="rows per request (default: %(default)s)"
     )
-    p.add_argument("--threads", type=count, default=8, help="RPC threads (default: %(default)s)")
+    p.add_argument(
+        "--threads",
+        type=count,
+        default=2,
+        help="RPC threads per process (default: %(default)s; more when Redis is remote)",
+    )
     p.add_argument(
         "--processes",
         type=count,
