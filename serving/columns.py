@@ -23,7 +23,7 @@ from serving.plan import Column
 
 Columns = dict[str, list[Any]]
 
-# Feast dtype -> (accepted Values kinds, wire ValueType); the first kind is the native one
+# Feast dtype -> (accepted Values kinds, wire ValueType)
 _KINDS: dict[str, tuple[tuple[str, ...], pb.ValueType]] = {
     "Int64": (("int64_values",), pb.INT64),
     "Int32": (("int64_values",), pb.INT64),

@@ -26,7 +26,6 @@ import enum
 import functools
 import math
 import struct
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -41,6 +40,7 @@ import redis
 from serving import codec
 from serving.config import RedisSettings
 from serving.errors import DataError, InvalidRequestError, StoreUnavailableError, UsageError
+from serving.per_thread import PerThread
 from serving.read_plan import NUMERIC_DTYPES, FeatureRead, KeyGroup, ReadPlan, build_read_plan
 from serving.write_guard import FramedRows, RowBatch, framed_batches, write_script
 
@@ -108,17 +108,15 @@ class OnlineStore:
         self._pool = redis.ConnectionPool.from_url(  # writes; its settings make read links too
             settings.url, socket_timeout=READ_TIMEOUT_S, socket_connect_timeout=READ_TIMEOUT_S
         )
-        self._links = threading.local()  # the request path's connection, one per thread
-        self._all_links: list[_Link] = []
-        self._links_lock = threading.Lock()
+        # the request path's connections: one per thread
+        self._links = PerThread(lambda: _Link(self._new_connection))
 
     def ping(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         self._send(b"*1\r\n$4\r\nPING\r\n", 1, timeout_s)
 
     def close(self) -> None:
-        with self._links_lock:
-            for link in self._all_links:
-                link.close()
+        for link in self._links.every():
+            link.close()
         self._pool.disconnect()
 
     # --- reads -------------------------------------------------------------------------------
@@ -279,13 +277,8 @@ class OnlineStore:
         """Send pipelined commands (RESP bytes) on this thread's link and read `replies`."""
         if not replies:
             return []
-        link = getattr(self._links, "link", None)
-        if link is None:
-            link = self._links.link = _Link(self._new_connection)
-            with self._links_lock:
-                self._all_links.append(link)
         try:
-            return link.exchange(packed, replies, timeout_s)
+            return self._links.get().exchange(packed, replies, timeout_s)
         except redis.RedisError as exc:
             raise self._unavailable(exc) from exc
 

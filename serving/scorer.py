@@ -12,12 +12,13 @@ output buffers, their pointers made once): server threads never wait on each oth
 from __future__ import annotations
 
 import ctypes
-import threading
 from typing import Any
 
 import numpy as np
 from lightgbm import Booster
 from lightgbm.basic import _LIB, _safe_call  # type: ignore[attr-defined]
+
+from serving.per_thread import PerThread
 
 C_API_PREDICT_NORMAL = 0
 C_API_DTYPE_FLOAT64 = 1
@@ -81,35 +82,24 @@ class Scorer:
         # Booster.predict uses best_iteration when early stopping recorded one: do the same.
         self._num_iteration = booster.best_iteration if booster.best_iteration > 0 else -1
         self._num_threads = num_threads
-        self._local = threading.local()
-        self._fast_rows: list[_FastRow] = []
-        self._lock = threading.Lock()  # guards _fast_rows, not the predictions
+        self._fast_rows = PerThread(
+            lambda: _FastRow(self.booster, self._num_iteration, self._num_threads)
+        )
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Predictions for a (rows, num_features) float64 matrix."""
         if features.ndim != 2 or features.shape[1] != self.num_features:
             raise ValueError(f"expected (rows, {self.num_features}) features, got {features.shape}")
         if features.shape[0] == 1:
-            return np.array([self._fast_row().predict(features)])
+            return np.array([self._fast_rows.get().predict(features)])
         result = self.booster.predict(
             features, num_iteration=self._num_iteration, num_threads=self._num_threads
         )
         return np.asarray(result, dtype=np.float64)
 
-    def _fast_row(self) -> _FastRow:
-        fast: _FastRow | None = getattr(self._local, "fast", None)
-        if fast is None:
-            fast = _FastRow(self.booster, self._num_iteration, self._num_threads)
-            with self._lock:
-                self._fast_rows.append(fast)
-            self._local.fast = fast
-        return fast
-
     def close(self) -> None:
-        with self._lock:
-            for fast in self._fast_rows:
-                fast.free()
-            self._fast_rows.clear()
+        for fast in self._fast_rows.every():
+            fast.free()
 
     def __del__(self) -> None:
         self.close()
