@@ -142,7 +142,8 @@ def _scorer(
     store = OnlineStore(redis_settings(request.repo, request.redis_url), plan.project)
     resources.callback(store.close)
     served = build_model_plan(loaded, plan, request.repo, store, Metrics())
-    served = replace(served, scorer=Scorer(loaded.booster, num_threads=threads))  # all cores
+    scorer = Scorer(loaded.booster, threads, f"{loaded.name}:{loaded.version}")  # all cores
+    served = replace(served, scorer=scorer)
 
     def online(chunk: InputChunk) -> Prediction:
         return served.predict(chunk.entities, chunk.request_data, chunk.rows, ONLINE_TIMEOUT_S)

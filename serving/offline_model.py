@@ -123,7 +123,7 @@ def build_offline_model(
         card=card,
         joins=joins,
         on_demand=on_demand_steps(plan, service.projections, repo, refs),
-        scorer=Scorer(loaded.booster, num_threads=num_threads),
+        scorer=Scorer(loaded.booster, num_threads, f"{loaded.name}:{loaded.version}"),
         view_columns=np.concatenate([np.zeros(0, np.intp), *(j.positions for j in joins)]),
     )
 

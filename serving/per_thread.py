@@ -1,7 +1,7 @@
 """One object per thread, made on first use, every one of them reachable for closing.
 
 For what must not be shared between server threads but should outlive a request: a Redis
-connection (online_store), a LightGBM single-row predictor and its buffers (scorer).
+connection and its reply parser (online_store).
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ def build_model_plan(
         request_fields=card.request_fields,
         read_plan=read_plan,
         on_demand=on_demand_steps(plan, service.projections, repo, refs),
-        scorer=Scorer(loaded.booster),
+        scorer=Scorer(loaded.booster, name=f"{loaded.name}:{loaded.version}"),
         store=store,
         metrics=metrics,
     )

@@ -1,7 +1,9 @@
-"""The scorer equals Booster.predict, on the fast single-row path and the batch path."""
+"""The scorer equals Booster.predict bit for bit, one row or many; what lignum cannot score
+exactly is scored by LightGBM itself."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from serving.scorer import Scorer
+from serving.scorer import Scorer, probe_rows
 
 N_FEATURES = 6
 
@@ -46,9 +48,13 @@ finite_or_missing = st.one_of(
 )
 
 
+def test_a_plain_model_is_scored_by_lignum(scorer: Scorer) -> None:
+    assert scorer.exact_fast_path is not None  # else the equality tests below prove little
+
+
 @settings(max_examples=300, deadline=None)
 @given(row=arrays(np.float64, (1, N_FEATURES), elements=finite_or_missing))
-def test_single_row_fast_path_equals_booster_predict(
+def test_single_row_equals_booster_predict(
     booster: lgb.Booster, scorer: Scorer, row: np.ndarray
 ) -> None:
     np.testing.assert_array_equal(scorer.score(row), booster.predict(row))
@@ -60,7 +66,7 @@ def test_single_row_fast_path_equals_booster_predict(
         lambda n: arrays(np.float64, (n, N_FEATURES), elements=finite_or_missing)
     )
 )
-def test_batch_path_equals_booster_predict(
+def test_batch_equals_booster_predict(
     booster: lgb.Booster, scorer: Scorer, rows: np.ndarray
 ) -> None:
     np.testing.assert_array_equal(scorer.score(rows), booster.predict(rows))
@@ -95,3 +101,29 @@ def test_threads_scoring_at_once_each_get_their_own_rows_score(
     with ThreadPoolExecutor(4) as pool:
         diffs = [d for result in pool.map(score_all, range(4)) for d in result]
     assert max(map(abs, diffs)) == 0.0
+
+
+def test_probe_rows_sit_on_and_beside_every_threshold(booster: lgb.Booster) -> None:
+    text = booster.model_to_string()
+    probe = probe_rows(text, N_FEATURES)
+    tree = booster.dump_model()["tree_info"][0]["tree_structure"]
+    while "split_feature" in tree and tree["decision_type"] != "<=":
+        tree = tree["left_child"]  # the first numerical split of the first tree
+    column, threshold = probe[:, tree["split_feature"]], tree["threshold"]
+    for value in (np.nextafter(threshold, -np.inf), threshold, np.nextafter(threshold, np.inf)):
+        assert (column == value).any(), value
+    assert np.isnan(column).any()
+    assert np.isinf(column).any()
+
+
+def test_a_model_lignum_refuses_is_scored_by_lightgbm(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 3))
+    params = {"objective": "regression", "verbose": -1, "linear_tree": True}
+    linear = lgb.train(params, lgb.Dataset(x, x[:, 0] * 2 + x[:, 1]), num_boost_round=10)
+    with caplog.at_level(logging.WARNING, logger="serving.scorer"):
+        scorer = Scorer(linear, name="eta:7")
+    assert scorer.exact_fast_path is None
+    assert "eta:7: scored by LightGBM itself" in caplog.text
+    np.testing.assert_array_equal(scorer.score(x[:1]), linear.predict(x[:1]))
+    np.testing.assert_array_equal(scorer.score(x[:50]), linear.predict(x[:50]))
