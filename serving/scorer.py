@@ -7,16 +7,16 @@ takes ~55 us against ~100 us for LightGBM's single-row fast path, 100 rows ~0.55
 ~2.2 ms. lignum keeps the GIL for a few rows (no hand-off to another server thread in the
 middle of a request) and releases it for batches.
 
-Exactness is checked, not assumed: each scorer first scores probe rows that sit on, just
-below and just above every split threshold of the model (and NaN, zero, infinities, small
-category codes) both ways. A model lignum refuses (linear trees, say) or scores differently
-is scored by `Booster.predict` instead, with a warning in the log.
+Exactness is checked, not assumed: each scorer first scores probe rows both ways, rows that
+sit on, just below and just above every split threshold of the model, and hold every code
+its categorical splits can test, NaN, zeros and infinities. A model lignum refuses (linear
+trees, say) or scores differently is scored by `Booster.predict` instead, with a warning in
+the log.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from typing import Any
 
@@ -27,9 +27,11 @@ from lightgbm import Booster
 log = logging.getLogger(__name__)
 PROBE_ROWS = 1024
 PROBE_SINGLE_ROWS = 16  # also scored one by one: lignum picks its kernel by batch size
-_SPLIT_FEATURES = re.compile(r"^split_feature=(.*)$", re.MULTILINE)
-_THRESHOLDS = re.compile(r"^threshold=(.*)$", re.MULTILINE)
-_ALWAYS_PROBED = (np.nan, 0.0, -0.0, 1.0, 2.0, 3.0, -1.0, np.inf, -np.inf)
+ZERO_AS_MISSING_BELOW = 1e-35  # LightGBM's kZeroThreshold: |x| <= this is "zero"
+_ALWAYS_PROBED = (
+    *(np.nan, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, np.inf, -np.inf),
+    *(ZERO_AS_MISSING_BELOW, -ZERO_AS_MISSING_BELOW, 2 * ZERO_AS_MISSING_BELOW),
+)
 
 
 class Scorer:
@@ -87,17 +89,11 @@ def _exact_lignum_model(booster: Booster, num_iteration: int, name: str) -> lign
 def probe_rows(
     model_text: str, width: int, min_rows: int = PROBE_ROWS, seed: int = 0
 ) -> np.ndarray:
-    """Rows in which every split threshold of the model, the next double either side of it and
-    each of `_ALWAYS_PROBED` appear in their column: where two walks of the same trees could
-    disagree. Values are shuffled per column, so rows mix them."""
-    thresholds: list[set[float]] = [set() for _ in range(width)]
-    for features, values in zip(
-        _SPLIT_FEATURES.findall(model_text), _THRESHOLDS.findall(model_text), strict=True
-    ):
-        for feature, value in zip(features.split(), values.split(), strict=True):
-            thresholds[int(feature)].add(float(value))
+    """Rows in which each of a feature's split values (`split_values`), the next double
+    either side of each and every one of `_ALWAYS_PROBED` appear in the feature's column:
+    where two walks of the same trees could disagree. Shuffled per column, so rows mix them."""
     columns = []
-    for found in thresholds:
+    for found in split_values(model_text, width):
         on = np.array(sorted(found), dtype=np.float64)
         columns.append(
             np.concatenate(
@@ -107,3 +103,28 @@ def probe_rows(
     rows = max(min_rows, *(len(c) for c in columns))
     rng = np.random.default_rng(seed)
     return np.stack([np.resize(rng.permutation(c), rows) for c in columns], axis=1)
+
+
+def split_values(model_text: str, width: int) -> list[set[float]]:
+    """Per feature, the values its splits turn on in a LightGBM text model: numerical
+    thresholds, and for categorical splits every code their bitsets hold (32 a word) and one
+    more."""
+    values: list[set[float]] = [set() for _ in range(width)]
+    for tree in model_text.split("end of trees")[0].split("\nTree=")[1:]:
+        fields = dict(line.split("=", 1) for line in tree.splitlines()[1:] if "=" in line)
+        if "split_feature" not in fields:
+            continue  # a single leaf
+        bounds = [int(b) for b in fields.get("cat_boundaries", "").split()]
+        splits = zip(
+            fields["split_feature"].split(),
+            fields["threshold"].split(),
+            fields["decision_type"].split(),
+            strict=True,
+        )
+        for feature, threshold, decision in splits:
+            if int(decision) & 1:  # categorical: the threshold indexes the node's bitset
+                at = int(threshold)
+                values[int(feature)].update(range(32 * (bounds[at + 1] - bounds[at]) + 1))
+            else:
+                values[int(feature)].add(float(threshold))
+    return values

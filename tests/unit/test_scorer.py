@@ -116,6 +116,13 @@ def test_probe_rows_sit_on_and_beside_every_threshold(booster: lgb.Booster) -> N
     assert np.isinf(column).any()
 
 
+def test_probe_rows_hold_every_category_code_a_categorical_split_can_test(
+    booster: lgb.Booster,
+) -> None:
+    categories = probe_rows(booster.model_to_string(), N_FEATURES)[:, 5]
+    assert set(range(33)) <= set(categories.tolist())  # 4 levels: one 32-bit word, and one more
+
+
 def test_a_model_lignum_refuses_is_scored_by_lightgbm(caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 3))
