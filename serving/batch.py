@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,10 @@ def _scorer(
     from serving.metrics import Metrics
     from serving.online_store import OnlineStore
     from serving.prediction import build_model_plan
-    from serving.scorer import Scorer
 
     store = OnlineStore(redis_settings(request.repo, request.redis_url), plan.project)
     resources.callback(store.close)
-    served = build_model_plan(loaded, plan, request.repo, store, Metrics())
-    scorer = Scorer(loaded.booster, threads, f"{loaded.name}:{loaded.version}")  # all cores
-    served = replace(served, scorer=scorer)
+    served = build_model_plan(loaded, plan, request.repo, store, Metrics(), threads)  # all cores
 
     def online(chunk: InputChunk) -> Prediction:
         return served.predict(chunk.entities, chunk.request_data, chunk.rows, ONLINE_TIMEOUT_S)

@@ -82,7 +82,12 @@ class ModelPlan:
 
 
 def build_model_plan(
-    loaded: LoadedModel, plan: ServingPlan, repo: Path, store: OnlineStore, metrics: Metrics
+    loaded: LoadedModel,
+    plan: ServingPlan,
+    repo: Path,
+    store: OnlineStore,
+    metrics: Metrics,
+    scoring_threads: int = 1,  # the server's: one per request; batch jobs take every core
 ) -> ModelPlan:
     card = loaded.card
     refs = card.feature_refs
@@ -100,7 +105,7 @@ def build_model_plan(
         request_fields=card.request_fields,
         read_plan=read_plan,
         on_demand=on_demand_steps(plan, service.projections, repo, refs),
-        scorer=Scorer(loaded.booster, name=f"{loaded.name}:{loaded.version}"),
+        scorer=Scorer(loaded.booster, scoring_threads, f"{loaded.name}:{loaded.version}"),
         store=store,
         metrics=metrics,
     )

@@ -73,7 +73,7 @@ def _exact_lignum_model(booster: Booster, num_iteration: int, name: str) -> lign
             file.write(text)
             file.flush()
             model = lignum.load(file.name, format="lightgbm")
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, OSError) as exc:  # OSError: the temporary file
         log.warning("%s: scored by LightGBM itself, lignum cannot load it: %s", name, exc)
         return None
     probe = probe_rows(text, booster.num_feature())
