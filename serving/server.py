@@ -8,7 +8,9 @@ async Redis client, which parses replies in Python per call (`benchmarks/online.
 Two threads per process by default: one computes while the other waits on Redis, and every
 further thread only adds GIL hand-offs (futex sleeps and wakes, ~30% of a loaded server's
 CPU): with loopback Redis, 2 threads served ~20% more ETA calls/s than 4 or 8 at lower CPU per
-call (5 of 5 interleaved runs). A Redis further away than its CPU burst wants more threads.
+call (5 of 5 interleaved runs; +14-35% in the 2026-12-01 concurrency study, where the aio
+echo floor itself was ~20% slower than the sync one). A Redis further away than its CPU
+burst wants more threads.
 
 Two daemon threads watch the world: Redis health (the standard health service turns
 NOT_SERVING while Redis is unreachable) and the model registry (an alias moved -> the new
