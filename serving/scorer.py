@@ -76,7 +76,11 @@ def _exact_lignum_model(booster: Booster, num_iteration: int, name: str) -> lign
     except (RuntimeError, ValueError, OSError) as exc:  # OSError: the temporary file
         log.warning("%s: scored by LightGBM itself, lignum cannot load it: %s", name, exc)
         return None
-    probe = probe_rows(text, booster.num_feature())
+    try:
+        probe = probe_rows(text, booster.num_feature())
+    except (KeyError, ValueError, IndexError) as exc:  # a model text laid out unlike 4.x's
+        log.warning("%s: scored by LightGBM itself, its trees could not be probed: %r", name, exc)
+        return None
     expected = booster.predict(probe, num_iteration=num_iteration, num_threads=1)
     single = [model.predict(probe[i : i + 1], n_jobs=1)[0] for i in range(PROBE_SINGLE_ROWS)]
     batch = model.predict(probe, n_jobs=1)
