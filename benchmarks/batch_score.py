@@ -210,7 +210,7 @@ def naive_pipeline(repo: Path, registry: Path, source: Path, output: Path) -> in
     import pandas as pd
     from feast import FeatureStore
 
-    from serving.registry import ModelRegistry
+    from serving.models.registry import ModelRegistry
 
     lap("import")
     model = ModelRegistry(registry).load("eta")

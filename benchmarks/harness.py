@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from serving.redis_process import private_redis
+from serving.store.redis_process import private_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -61,7 +61,7 @@ from benchmarks.harness import (
     timed_calls,
     write_json,
 )
-from serving.redis_process import free_port
+from serving.store.redis_process import free_port
 
 BIN = Path(sys.executable).parent
 SEED = 20261127
@@ -186,7 +186,7 @@ def _carrara(*args: str) -> None:
 
 
 def _model_facts(registry: Path, name: str) -> dict[str, Any]:
-    from serving.registry import ModelRegistry
+    from serving.models.registry import ModelRegistry
 
     _name, version = ModelRegistry(registry).resolve(name)
     folder = registry / name / str(version)
@@ -700,7 +700,7 @@ def _naive_model(job: Job, cache: dict[Any, Any]) -> tuple[Any, Any, Any]:
 
         cache["store", job.repo] = FeatureStore(repo_path=job.repo)
     if ("model", job.registry, job.model) not in cache:
-        from serving.registry import ModelRegistry
+        from serving.models.registry import ModelRegistry
 
         loaded = ModelRegistry(Path(job.registry)).load(job.model)
         cache["model", job.registry, job.model] = (loaded.booster, loaded.card)

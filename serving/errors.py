@@ -9,10 +9,24 @@
     ├── ModelError            a model version is corrupt or does not fit the feature repo
     └── StoreUnavailableError the online store cannot be reached (gRPC UNAVAILABLE)
 
-Boundaries translate: `online_store` maps redis errors to StoreUnavailableError, `servicer` maps
-these classes to gRPC status codes, `cli` prints the message as one line and exits non-zero.
-Messages name the file, column, field, row or URL concerned, never a secret.
+Boundaries translate: serving/store/connection.py maps redis errors to StoreUnavailableError,
+serving/online/servicer.py maps these classes to gRPC status codes, serving/cli/main.py prints
+the message as one line and exits non-zero.
+Messages name the file, column, field, row or URL concerned, never a secret. A string that
+came from a client is quoted through `echo`, which cuts it short: a request must not be able to
+make a status or a log line as long as itself.
 """
+
+ECHO_CHARS = 100
+
+
+def echo(value: object, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)` for a message, cut to `limit` characters with the full length stated."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= limit:
+        return repr(text) if isinstance(value, str) else text
+    shown = repr(text[:limit]) if isinstance(value, str) else text[:limit]
+    return f"{shown}... ({len(text):,} characters)"
 
 
 class CarraraError(Exception):

@@ -1,6 +1,6 @@
 """Shared fixtures: a real redis-server on a free loopback port, and an applied sample world.
 
-The server (serving.redis_process: `--save "" --appendonly no`, polled with PING, stopped by
+The server (serving.store.redis_process: `--save "" --appendonly no`, polled with PING, stopped by
 its pid) is started once per session; every test using `redis_url` starts from an empty
 server. A missing `redis-server` binary fails loudly: these tests are not optional.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from serving.redis_process import RedisProcess, free_port, private_redis
+from serving.store.redis_process import RedisProcess, free_port, private_redis
 
 RedisServer = RedisProcess  # older name, still used by some test modules
 __all__ = ["RedisServer", "free_port"]
@@ -68,7 +68,7 @@ def write_repo(target: Path, data_dir: Path, redis_port: int) -> Path:
 @pytest.fixture(scope="session")
 def world_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small sample world (Parquet only), generated once per session."""
-    from serving.sample_data import WorldSpec, generate
+    from serving.sample.world import WorldSpec, generate
 
     out = tmp_path_factory.mktemp("world")
     spec = WorldSpec(
@@ -89,7 +89,7 @@ def applied_repo(
     tmp_path_factory: pytest.TempPathFactory, world_data: Path, redis_server: RedisProcess
 ) -> Path:
     """feature_repo/ with the sample world, `carrara apply`'d once (Feast apply is ~8 s)."""
-    from serving.feature_repo import apply_repo
+    from serving.repo.compile import apply_repo
 
     repo = write_repo(
         tmp_path_factory.mktemp("repo") / "feature_repo", world_data, redis_server.port
@@ -101,13 +101,14 @@ def applied_repo(
 @pytest.fixture(scope="session")
 def trained_registry(applied_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model registry holding eta:1 and pricing:1 (production), trained on the test world."""
-    from serving.registry import ModelRegistry
-    from serving.training import model_spec, train
+    from serving.models.registry import ModelRegistry
+    from serving.repo.model_kinds import model_kind
+    from serving.training.train import train
 
     root = tmp_path_factory.mktemp("models")
     registry = ModelRegistry(root)
     for kind in ("eta", "pricing"):
-        train(model_spec(kind), applied_repo, registry)
+        train(model_kind(applied_repo, kind), applied_repo, registry)
     return root
 
 

@@ -16,13 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from serving.batch.offline_model import OfflineModel, build_offline_model
+from serving.batch.point_in_time import timestamp_ns
 from serving.cli import main
-from serving.feature_repo import ensure_plan
-from serving.historical import historical_features
-from serving.model_card import ModelCard
-from serving.offline_model import OfflineModel, build_offline_model
-from serving.point_in_time import timestamp_ns
-from serving.registry import ModelRegistry
+from serving.models.card import ModelCard
+from serving.models.registry import ModelRegistry
+from serving.repo.compile import ensure_plan
+from serving.repo.historical import historical_features
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

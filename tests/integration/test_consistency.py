@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from serving.cli import main
-from serving.server import Server, ServerSettings
+from serving.online.server import Server, ServerSettings
 from tests.conftest import WORLD_END, RedisServer, materialize_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

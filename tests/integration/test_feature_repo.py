@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 
 from serving.errors import PlanError
-from serving.feature_repo import compile_plan, ensure_plan, feast_context
-from serving.plan import RepoFiles, load_plan, plan_from_dict, save_plan
+from serving.repo.compile import compile_plan, ensure_plan, feast_context
+from serving.repo.plan import RepoFiles, load_plan, plan_from_dict, save_plan
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,14 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-import serving.materialize as materialize_module
-from serving import codec
+import serving.batch.materialize as materialize_module
+from serving.batch.materialize import materialize
 from serving.cli import main
-from serving.config import RedisSettings
-from serving.feast_registry import _len_record, materialized_until, read_registry
-from serving.materialize import materialize
-from serving.online_store import OnlineStore, RowBatch
-from serving.plan import (
+from serving.repo.feast_registry import _len_record, materialized_until, read_registry
+from serving.repo.plan import (
     PLAN_FILE,
     BatchSource,
     Column,
@@ -32,6 +29,10 @@ from serving.plan import (
     load_plan,
     save_plan,
 )
+from serving.store import codec, encoding
+from serving.store.online_store import OnlineStore
+from serving.store.settings import RedisSettings
+from serving.store.write_guard import RowBatch
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -142,7 +143,7 @@ def _raw(
     client = redis.Redis.from_url(url)
     names, dtypes = [k.name for k in view.join_keys], [k.dtype for k in view.join_keys]
     rows = []
-    for key in codec.encode_entity_keys(names, dtypes, keys, PROJECT):
+    for key in encoding.encode_entity_keys(names, dtypes, keys, PROJECT):
         fields = client.hgetall(key)
         row = {
             f.name: codec.decode_value(fields.get(codec.field_name(view.name, f.name)))
@@ -190,9 +191,13 @@ def test_a_rerun_skips_every_row_and_changes_nothing(repo: Path, redis_url: str)
 
 def test_an_older_row_never_overwrites_a_newer_one(repo: Path, redis_url: str) -> None:
     store = OnlineStore(RedisSettings(redis_url), PROJECT)
-    key = codec.encode_entity_keys(["driver_id"], ["Int64"], [[3]], PROJECT)
-    newer = codec.encode_timestamps(np.array([_us(END + 10 * HOUR)]))
-    values = [codec.encode_values("Float32", [9.5]), codec.encode_values("Int64", [99]), [b""]]
+    key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[3]], PROJECT)
+    newer = encoding.encode_timestamps(np.array([_us(END + 10 * HOUR)]))
+    values = [
+        encoding.encode_values("Float32", [9.5]),
+        encoding.encode_values("Int64", [99]),
+        [b""],
+    ]
     store.write_view("rides", ["rate", "trips", "kind"], [RowBatch(key, newer, values)])
     store.close()
     report = materialize(repo, START, END, views=["rides"])
@@ -218,7 +223,7 @@ def test_memory_stays_bounded_by_compacting_to_one_row_per_entity(
     materialize(repo, START, END)
     expected = snapshot(redis_url)
     redis.Redis.from_url(redis_url).flushall()
-    import serving.parquet_source as source
+    import serving.batch.parquet_source as source
 
     monkeypatch.setattr(source, "COMPACT_FLOOR_ROWS", 1)
     monkeypatch.setattr(source, "BATCH_ROWS", 1)

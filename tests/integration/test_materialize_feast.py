@@ -21,12 +21,15 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
-from serving import codec
-from serving.config import RedisSettings
-from serving.feature_repo import apply_repo, ensure_plan, feast_context
-from serving.materialize import materialize
-from serving.online_store import PRESENT, OnlineStore, RowBatch, build_read_plan
-from serving.plan import Projection, RepoFiles, load_plan
+from serving.batch.materialize import materialize
+from serving.repo.compile import apply_repo, ensure_plan, feast_context
+from serving.repo.plan import Projection, RepoFiles, load_plan
+from serving.store import codec, encoding
+from serving.store.online_store import OnlineStore
+from serving.store.read_plan import build_read_plan
+from serving.store.reads import PRESENT
+from serving.store.settings import RedisSettings
+from serving.store.write_guard import RowBatch
 from tests.conftest import WORLD_END, RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -252,10 +255,10 @@ def assert_same(feast: Snapshot, carrara: Snapshot) -> None:
 def _store_newer_vehicle_6(url: str) -> None:
     """Someone already wrote vehicle 6 with a newer event time: nobody may overwrite it."""
     store = OnlineStore(RedisSettings(url, key_ttl_s=KEY_TTL_S), "dedicated")
-    key = codec.encode_entity_keys(["vehicle_id"], ["Int32"], [[6]], "dedicated")
-    newer = codec.encode_timestamps(np.array([int((END + 5 * HOUR).timestamp()) * 10**6]))
+    key = encoding.encode_entity_keys(["vehicle_id"], ["Int32"], [[6]], "dedicated")
+    newer = encoding.encode_timestamps(np.array([int((END + 5 * HOUR).timestamp()) * 10**6]))
     store.write_view(
-        "vehicle_stats", ["trips"], [RowBatch(key, newer, [codec.encode_values("Int64", [606])])]
+        "vehicle_stats", ["trips"], [RowBatch(key, newer, [encoding.encode_values("Int64", [606])])]
     )
     store.close()
 
@@ -297,7 +300,7 @@ def test_carrara_writes_what_feast_writes_byte_for_byte(
 def test_the_older_row_did_not_overwrite_the_newer_one(
     dedicated_states: dict[str, Snapshot],
 ) -> None:
-    key = codec.encode_entity_keys(["vehicle_id"], ["Int32"], [[6]], "dedicated")[0]
+    key = encoding.encode_entity_keys(["vehicle_id"], ["Int32"], [[6]], "dedicated")[0]
     for state in dedicated_states.values():
         fields = state[key][0]
         assert codec.decode_value(fields[codec.field_name("vehicle_stats", "trips")]) == 606

@@ -12,9 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import serving.parquet_source as source
+import serving.batch.parquet_source as source
+from serving.batch.parquet_source import EVENT_TS, latest_per_entity
 from serving.errors import DataError, PlanError
-from serving.feast_registry import (
+from serving.repo.feast_registry import (
     _len_record,
     _parse_timestamp,
     _records,
@@ -23,8 +24,7 @@ from serving.feast_registry import (
     record_materialization,
     with_materialization,
 )
-from serving.parquet_source import EVENT_TS, latest_per_entity
-from serving.plan import BatchSource, Column, FeatureViewPlan
+from serving.repo.plan import BatchSource, Column, FeatureViewPlan
 
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from serving.client import PredictionClient
-from serving.feature_repo import apply_repo
-from serving.redis_process import RedisProcess
-from serving.registry import ModelRegistry
-from serving.server import Server, ServerSettings
-from serving.training import model_spec, train
+from serving.models.registry import ModelRegistry
+from serving.online.server import Server, ServerSettings
+from serving.repo.compile import apply_repo
+from serving.repo.model_kinds import model_kind
+from serving.store.redis_process import RedisProcess
+from serving.training.train import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,7 +79,7 @@ def test_new_feature_is_served_after_apply_train_promote(
     try:
         add_bearing_feature(repo)
         apply_repo(repo)
-        registration = train(model_spec("eta"), repo, ModelRegistry(models)).registration
+        registration = train(model_kind(repo, "eta"), repo, ModelRegistry(models)).registration
         assert registration.alias == "staging"
         ModelRegistry(models).promote("eta", registration.version, "production")
         request = {

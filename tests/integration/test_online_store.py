@@ -11,11 +11,14 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import codec
-from serving.config import RedisSettings
 from serving.errors import InvalidRequestError, StoreUnavailableError
-from serving.online_store import MISSING, PRESENT, STALE, OnlineStore, RowBatch, build_read_plan
-from serving.plan import Column, FeatureServicePlan, FeatureViewPlan, Projection, ServingPlan
+from serving.repo.plan import Column, FeatureServicePlan, FeatureViewPlan, Projection, ServingPlan
+from serving.store import codec, encoding
+from serving.store.online_store import OnlineStore
+from serving.store.read_plan import build_read_plan
+from serving.store.reads import MISSING, PRESENT, STALE
+from serving.store.settings import RedisSettings
+from serving.store.write_guard import RowBatch
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -75,9 +78,9 @@ def _batch(view: FeatureViewPlan, keys: list[list[object]], ts_us: list[int], co
     dtypes = [k.dtype for k in view.join_keys]
     names = [k.name for k in view.join_keys]
     return RowBatch(
-        codec.encode_entity_keys(names, dtypes, keys, PROJECT),
-        codec.encode_timestamps(np.array(ts_us, np.int64)),
-        [codec.encode_values(f.dtype, c) for f, c in zip(view.features, columns, strict=True)],
+        encoding.encode_entity_keys(names, dtypes, keys, PROJECT),
+        encoding.encode_timestamps(np.array(ts_us, np.int64)),
+        [encoding.encode_values(f.dtype, c) for f, c in zip(view.features, columns, strict=True)],
     )
 
 
@@ -130,7 +133,7 @@ def test_guard_follows_feast_rule_for_any_pair_of_timestamps(
     # Feast: skip only when a stored time > 0 exists and new <= stored (nanosecond compare)
     expect_write = stored is None or stored <= 0 or new > stored
     assert counts.written == int(expect_write)
-    key = codec.encode_entity_keys(["driver_id"], ["Int64"], [[7]], PROJECT)[0]
+    key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[7]], PROJECT)[0]
     kept = codec.decode_timestamp_micros(client.hget(key, b"_ts:driver_stats")) or 0
     assert kept == (new if expect_write else stored)
 
@@ -142,7 +145,7 @@ def test_key_ttl_is_set_on_written_rows_only(redis_url: str) -> None:
     store = OnlineStore(RedisSettings(redis_url, key_ttl_s=1234), PROJECT)
     counts = _write_drivers(store, [1, 2], [NOW_US, NOW_US])  # 1 is skipped: equal time
     assert (counts.written, counts.skipped) == (1, 1)
-    key1, key2 = codec.encode_entity_keys(["driver_id"], ["Int64"], [[1, 2]], PROJECT)
+    key1, key2 = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[1, 2]], PROJECT)
     assert client.ttl(key1) == -1
     assert 1230 <= client.ttl(key2) <= 1234
     store.close()
@@ -155,7 +158,7 @@ def test_writing_one_view_leaves_another_view_on_the_same_key_alone(
     other = _view("driver_extra", [("driver_id", "Int64")], [("x", "Int64")], 0)
     _write(store, other, _batch(other, [[1]], [NOW_US + 10], [[5]]))
     _write_drivers(store, [1], [NOW_US])
-    key = codec.encode_entity_keys(["driver_id"], ["Int64"], [[1]], PROJECT)[0]
+    key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[1]], PROJECT)[0]
     fields = redis.Redis.from_url(redis_url).hgetall(key)
     assert fields[codec.field_name("driver_extra", "x")] == b"\x20\x05"
     assert len(fields) == 2 + 5  # (x, _ts:driver_extra) + 4 features and _ts:driver_stats
@@ -323,7 +326,7 @@ def test_any_number_of_features_is_written_whole(
     view = _view("wide", [("driver_id", "Int64")], [(n, "Int64") for n in names], 0)
     columns = [[i, -i] for i in range(features)]
     assert _write(store, view, _batch(view, [[1, 2]], [NOW_US] * 2, columns)).written == 2
-    key = codec.encode_entity_keys(["driver_id"], ["Int64"], [[2]], PROJECT)[0]
+    key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[2]], PROJECT)[0]
     stored = redis.Redis.from_url(redis_url).hgetall(key)
     assert len(stored) == features + 1
     assert [codec.decode_value(stored[codec.field_name("wide", n)]) for n in names] == [

@@ -19,16 +19,17 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from serving import codec
 from serving.client import PredictionClient, to_values
-from serving.config import RedisSettings
 from serving.errors import ModelError
-from serving.model_aliases import pushed, read_aliases, write_aliases
-from serving.online_store import OnlineStore, RowBatch
+from serving.models.aliases import pushed, read_aliases, write_aliases
+from serving.models.registry import ModelRegistry
+from serving.online.server import Server, ServerSettings
 from serving.pb.carrara.v1 import prediction_pb2 as pb
-from serving.redis_process import RedisProcess
-from serving.registry import ModelRegistry
-from serving.server import Server, ServerSettings
+from serving.store import encoding
+from serving.store.online_store import OnlineStore
+from serving.store.redis_process import RedisProcess
+from serving.store.settings import RedisSettings
+from serving.store.write_guard import RowBatch
 from tests.conftest import materialize_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -160,16 +161,16 @@ def test_stale_features_count_as_missing(
     plan = server.predictor.plan
     view = plan.feature_view("driver_stats")
     driver_id = 10**9
-    key = codec.encode_entity_keys(["driver_id"], ["Int64"], [[driver_id]], plan.project)
+    key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[driver_id]], plan.project)
     two_days_ago = int((time.time() - 2 * 86_400) * 1e6)
     values = [
-        codec.encode_values(f.dtype, [None if f.dtype == "String" else 1]) for f in view.features
+        encoding.encode_values(f.dtype, [None if f.dtype == "String" else 1]) for f in view.features
     ]
     store = OnlineStore(RedisSettings(url=server.settings.redis_url or ""), plan.project)
     store.write_view(
         view.name,
         [f.name for f in view.features],
-        [RowBatch(keys=key, event_ts=codec.encode_timestamps([two_days_ago]), values=values)],
+        [RowBatch(keys=key, event_ts=encoding.encode_timestamps([two_days_ago]), values=values)],
     )
     store.close()
     entities, request = eta_inputs(trips.head(1))

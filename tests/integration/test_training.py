@@ -17,10 +17,11 @@ import pytest
 
 from serving.cli import main
 from serving.errors import DataError, PlanError
-from serving.feature_repo import ensure_plan
-from serving.plan import Column
-from serving.registry import ModelRegistry
-from serving.training import SPECS, model_spec, train
+from serving.models.registry import ModelRegistry
+from serving.repo.compile import ensure_plan
+from serving.repo.model_kinds import model_kind
+from serving.repo.plan import Column
+from serving.training.train import train
 from tests.conftest import WORLD_END
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -45,10 +46,10 @@ def iso(hours_before_end: float) -> str:
 
 @pytest.mark.parametrize("kind", ["eta", "pricing"])
 def test_model_beats_every_naive_baseline_on_the_holdout(
-    registry: ModelRegistry, kind: str
+    registry: ModelRegistry, applied_repo: Path, kind: str
 ) -> None:
     metrics = registry.card(kind).metrics
-    assert set(metrics.baselines) == {b.name for b in SPECS[kind].baselines}
+    assert set(metrics.baselines) == {b.name for b in model_kind(applied_repo, kind).baselines}
     for baseline in metrics.baselines:
         gain = metrics.improvement_pct(baseline)
         assert gain.mae >= MIN_MAE_GAIN_PCT, (baseline, metrics)
@@ -84,7 +85,7 @@ def test_card_records_window_rows_and_provenance(
     registry: ModelRegistry, applied_repo: Path
 ) -> None:
     card = registry.card("pricing")
-    labels = pd.read_parquet(applied_repo / SPECS["pricing"].label_table)
+    labels = pd.read_parquet(applied_repo / model_kind(applied_repo, "pricing").label_table)
     rows = card.rows
     assert rows.train + rows.validation + rows.holdout == len(labels)
     assert rows.holdout == card.metrics.rows
@@ -107,7 +108,7 @@ def test_retraining_is_deterministic_and_lands_in_staging(
     shutil.copytree(trained_registry, tmp_path / "models")
     registry = ModelRegistry(tmp_path / "models")
     first = registry.card("pricing")
-    again = train(model_spec("pricing"), applied_repo, registry, seed=7)
+    again = train(model_kind(applied_repo, "pricing"), applied_repo, registry, seed=7)
     assert (again.registration.version, again.registration.alias) == (2, "staging")
     assert again.card.data_fingerprint == first.data_fingerprint
     assert again.card.model_sha256 == first.model_sha256
@@ -177,6 +178,6 @@ def test_bad_train_arguments_are_one_clear_line(
 def test_bad_spec_is_refused_naming_what_is_wrong(
     applied_repo: Path, tmp_path: Path, change: dict[str, str], error: type, message: str
 ) -> None:
-    spec = replace(SPECS["eta"], **change)
+    spec = replace(model_kind(applied_repo, "eta"), **change)
     with pytest.raises(error, match=message):
         train(spec, applied_repo, ModelRegistry(tmp_path / "models"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import build_parser
+from serving.cli.command import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +32,7 @@ def subcommands() -> list[str]:
 
 def test_parser_imports_no_heavy_library() -> None:
     code = (
-        "import sys, serving.cli as c; c.build_parser(); "
+        "import sys, serving.cli.command as c; c.build_parser(); "
         "heavy = {'feast', 'pandas', 'pyarrow', 'lightgbm', 'grpc', 'redis'} & set(sys.modules); "
         "sys.exit(', '.join(sorted(heavy)) or None)"
     )

@@ -1,4 +1,4 @@
-"""serving.codec: golden bytes from FEAST_REDIS_FORMAT.md, Feast 0.67 itself as the oracle.
+"""serving.store.codec: golden bytes from FEAST_REDIS_FORMAT.md, Feast 0.67 itself as the oracle.
 
 Golden tests run without Feast. Property tests marked `slow` import Feast once per module
 (~8 s) and compare the codec with Feast's own serializers on hypothesis-drawn inputs.
@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving import codec
-from serving.codec import CodecError
+from serving.store import codec, encoding
+from serving.store.codec import CodecError
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
@@ -90,7 +90,7 @@ COMPOSITE = h(
 
 
 def test_entity_key_single_int64_matches_the_redis_dump() -> None:
-    assert codec.encode_entity_keys(["driver_id"], ["Int64"], [[1001]], "fspec") == [DRIVER_1001]
+    assert encoding.encode_entity_keys(["driver_id"], ["Int64"], [[1001]], "fspec") == [DRIVER_1001]
     assert codec.encode_entity_key(["driver_id"], ["Int64"], [1001], "fspec") == DRIVER_1001
 
 
@@ -105,19 +105,19 @@ def test_entity_key_composite_is_sorted_by_name_in_either_order(
     names: list[str], dtypes: list[str], values: list[object]
 ) -> None:
     columns = [np.array([v]) if isinstance(v, int) else pa.array([v]) for v in values]
-    assert codec.encode_entity_keys(names, dtypes, columns, "fspec") == [COMPOSITE]
+    assert encoding.encode_entity_keys(names, dtypes, columns, "fspec") == [COMPOSITE]
     assert codec.encode_entity_key(names, dtypes, values, "fspec") == COMPOSITE
 
 
 def test_entity_key_int32_is_four_bytes_with_tag_3() -> None:
     golden = h('01000000 02000000 0a000000 "vehicle_id" 03000000 04000000 f9ffffff "fspec"')
-    assert codec.encode_entity_keys(["vehicle_id"], ["Int32"], [[-7]], "fspec") == [golden]
+    assert encoding.encode_entity_keys(["vehicle_id"], ["Int32"], [[-7]], "fspec") == [golden]
     assert codec.encode_entity_key(["vehicle_id"], ["Int32"], [-7], "fspec") == golden
 
 
 def test_entity_key_entityless_dummy_id() -> None:
     golden = h('01000000 02000000 0a000000 "__dummy_id" 02000000 00000000 "fspec"')
-    assert codec.encode_entity_keys(["__dummy_id"], ["String"], [[""]], "fspec") == [golden]
+    assert encoding.encode_entity_keys(["__dummy_id"], ["String"], [[""]], "fspec") == [golden]
 
 
 def test_entity_key_prefix_is_the_key_up_to_the_values() -> None:
@@ -134,7 +134,7 @@ def test_entity_key_bytes_and_unix_timestamp_values() -> None:
     golden = head + h('08000000 08000000 ffffffffffffffff "p"')
     assert codec.encode_entity_key(["k"], ["UnixTimestamp"], [-1], "p") == golden
     assert codec.encode_entity_key(["k"], ["UnixTimestamp"], [when], "p") == golden
-    assert codec.encode_entity_keys(["k"], ["UnixTimestamp"], [[when]], "p") == [golden]
+    assert encoding.encode_entity_keys(["k"], ["UnixTimestamp"], [[when]], "p") == [golden]
 
 
 def test_field_names() -> None:
@@ -172,7 +172,7 @@ VALUE_TABLE = [
 
 @pytest.mark.parametrize(("dtype", "value", "golden"), VALUE_TABLE)
 def test_value_bytes_match_the_format_table(dtype: str, value: object, golden: str) -> None:
-    assert codec.encode_values(dtype, [value]) == [h(golden)]
+    assert encoding.encode_values(dtype, [value]) == [h(golden)]
 
 
 @pytest.mark.parametrize(("dtype", "value", "golden"), VALUE_TABLE)
@@ -183,7 +183,7 @@ def test_value_bytes_decode_back(dtype: str, value: Any, golden: str) -> None:
 
 def test_unix_timestamp_from_datetimes_is_whole_seconds_floored() -> None:
     column = pa.array([WHEN, datetime(1969, 12, 31, 23, 59, 59, 500000)], pa.timestamp("us"))
-    assert codec.encode_values("UnixTimestamp", column) == [
+    assert encoding.encode_values("UnixTimestamp", column) == [
         h("40 c0ddc8b106"),
         h("40 ffffffffffffffffff01"),
     ]
@@ -192,31 +192,41 @@ def test_unix_timestamp_from_datetimes_is_whole_seconds_floored() -> None:
 def test_null_unix_timestamp_is_int64_min_not_empty() -> None:
     nat = h("40 80808080808080808001")
     column = np.array(["2024-05-01T12:00", "NaT"], dtype="datetime64[s]")
-    assert codec.encode_values("UnixTimestamp", column) == [h("40 c0ddc8b106"), nat]
-    assert codec.encode_values("UnixTimestamp", [None]) == [nat]
+    assert encoding.encode_values("UnixTimestamp", column) == [h("40 c0ddc8b106"), nat]
+    assert encoding.encode_values("UnixTimestamp", [None]) == [nat]
     assert codec.decode_value(nat) is None
 
 
 def test_nulls_are_empty_and_defaults_are_not_null() -> None:
-    assert codec.encode_values("Float64", [math.nan, None, 0.0]) == [b"", b"", h("29" + "00" * 8)]
-    assert codec.encode_values("Int64", pa.array([None, 0], pa.int64())) == [b"", h("20 00")]
-    assert codec.encode_values("Bool", np.array([None, False], dtype=object)) == [b"", h("38 00")]
-    assert codec.encode_values("Array(String)", [None, []]) == [b"", h("62 00")]
+    assert encoding.encode_values("Float64", [math.nan, None, 0.0]) == [
+        b"",
+        b"",
+        h("29" + "00" * 8),
+    ]
+    assert encoding.encode_values("Int64", pa.array([None, 0], pa.int64())) == [b"", h("20 00")]
+    assert encoding.encode_values("Bool", np.array([None, False], dtype=object)) == [
+        b"",
+        h("38 00"),
+    ]
+    assert encoding.encode_values("Array(String)", [None, []]) == [b"", h("62 00")]
     assert codec.decode_value(b"") is None
     assert codec.decode_value(None) is None
 
 
 def test_list_elements_are_never_null() -> None:
-    assert codec.decode_value(codec.encode_values("Array(Int32)", [[1, None]])[0]) == [1, 0]
-    assert codec.decode_value(codec.encode_values("Array(String)", [["a", None]])[0]) == ["a", ""]
-    assert codec.decode_value(codec.encode_values("Array(Bool)", [[None]])[0]) == [False]
-    stamps = codec.encode_values("Array(UnixTimestamp)", [[5, None]])[0]
+    assert codec.decode_value(encoding.encode_values("Array(Int32)", [[1, None]])[0]) == [1, 0]
+    assert codec.decode_value(encoding.encode_values("Array(String)", [["a", None]])[0]) == [
+        "a",
+        "",
+    ]
+    assert codec.decode_value(encoding.encode_values("Array(Bool)", [[None]])[0]) == [False]
+    stamps = encoding.encode_values("Array(UnixTimestamp)", [[5, None]])[0]
     assert stamps == h("9201 0d 0a0b 05 80808080808080808001")
     assert codec.decode_value(stamps) == [5, None]
 
 
 def test_float_lists_keep_nan_elements() -> None:
-    (raw,) = codec.encode_values("Array(Float64)", [[math.nan, -0.0]])
+    (raw,) = encoding.encode_values("Array(Float64)", [[math.nan, -0.0]])
     got = codec.decode_value(raw)
     assert isinstance(got, list)
     assert math.isnan(got[0])
@@ -233,16 +243,16 @@ def test_timestamps_are_protobuf_timestamps_with_microseconds() -> None:
         datetime(2024, 5, 1, 14, tzinfo=timezone(timedelta(hours=2))),
         datetime(2024, 5, 1, 12, 0, 0, 1, tzinfo=UTC),
     ]
-    assert codec.encode_timestamps(column) == [
+    assert encoding.encode_timestamps(column) == [
         b"",
         h("08 ffffffffffffffffff01 10 80cab5ee01"),
         h("08 c0ddc8b106"),
         h("08 c0ddc8b106 10 e807"),
     ]
     micros = [0, -500_000, 1_714_564_800_000_000, 1_714_564_800_000_001]
-    assert codec.timestamp_micros(column).tolist() == micros
+    assert encoding.timestamp_micros(column).tolist() == micros
     assert (
-        [codec.decode_timestamp_micros(raw) for raw in codec.encode_timestamps(column)]
+        [codec.decode_timestamp_micros(raw) for raw in encoding.encode_timestamps(column)]
         == [
             None,  # epoch 0 is b"": indistinguishable from "no timestamp"
             *micros[1:],
@@ -264,14 +274,14 @@ def test_timestamps_are_protobuf_timestamps_with_microseconds() -> None:
     ],
 )
 def test_timestamp_columns_of_any_kind_normalise_to_utc_micros(column: Any) -> None:
-    micros = codec.timestamp_micros(column).tolist()[0]
+    micros = encoding.timestamp_micros(column).tolist()[0]
     assert micros // 1000 == 1_714_564_800_123  # ms input has no micros
-    assert codec.decode_timestamp_micros(codec.encode_timestamps(column)[0]) == micros
+    assert codec.decode_timestamp_micros(encoding.encode_timestamps(column)[0]) == micros
 
 
 def test_nanoseconds_floor_to_microseconds_before_1970() -> None:
     column = np.array([-1, -1001], dtype="datetime64[ns]")
-    assert codec.timestamp_micros(column).tolist() == [-1, -2]
+    assert encoding.timestamp_micros(column).tolist() == [-1, -2]
 
 
 # --- input kinds ----------------------------------------------------------------------
@@ -290,18 +300,20 @@ def test_nanoseconds_floor_to_microseconds_before_1970() -> None:
     ],
 )
 def test_numpy_lists_and_arrow_columns_encode_alike(dtype: str, values: list[Any]) -> None:
-    expected = codec.encode_values(dtype, values)
+    expected = encoding.encode_values(dtype, values)
     arrow = pa.array(values, pa.list_(ARROW[dtype[6:-1]]) if "(" in dtype else ARROW[dtype])
-    assert codec.encode_values(dtype, arrow) == expected
-    assert codec.encode_values(dtype, pa.chunked_array([arrow[:1], arrow[1:]])) == expected
-    assert codec.encode_values(dtype, arrow.slice(1)) == expected[1:]
-    assert codec.encode_values(dtype, np.array(values, dtype=object)) == expected
+    assert encoding.encode_values(dtype, arrow) == expected
+    assert encoding.encode_values(dtype, pa.chunked_array([arrow[:1], arrow[1:]])) == expected
+    assert encoding.encode_values(dtype, arrow.slice(1)) == expected[1:]
+    assert encoding.encode_values(dtype, np.array(values, dtype=object)) == expected
 
 
 def test_numpy_numeric_columns() -> None:
-    assert codec.encode_values("Float32", np.array([0.1, np.nan])) == [h("35 cdcccc3d"), b""]
-    assert codec.encode_values("Int32", np.array([-1], np.int64)) == [h("18 ffffffffffffffffff01")]
-    assert codec.encode_values("Array(Int64)", np.array([[1, 2], [3, 4]])) == [
+    assert encoding.encode_values("Float32", np.array([0.1, np.nan])) == [h("35 cdcccc3d"), b""]
+    assert encoding.encode_values("Int32", np.array([-1], np.int64)) == [
+        h("18 ffffffffffffffffff01")
+    ]
+    assert encoding.encode_values("Array(Int64)", np.array([[1, 2], [3, 4]])) == [
         h("72 04 0a02 0102"),
         h("72 04 0a02 0304"),
     ]
@@ -309,18 +321,18 @@ def test_numpy_numeric_columns() -> None:
 
 def test_empty_columns() -> None:
     for dtype in SCALARS + ARRAYS:
-        assert codec.encode_values(dtype, []) == []
-    assert codec.encode_entity_keys(["k"], ["Int64"], [[]], "p") == []
-    assert codec.encode_timestamps(np.array([], np.int64)) == []
+        assert encoding.encode_values(dtype, []) == []
+    assert encoding.encode_entity_keys(["k"], ["Int64"], [[]], "p") == []
+    assert encoding.encode_timestamps(np.array([], np.int64)) == []
 
 
 def test_long_values_take_the_flat_path() -> None:
     values = ["x" * 300, "", "y" * 1000, None]
     expected = [h("12 ac02") + b"x" * 300, h("12 00"), h("12 e807") + b"y" * 1000, b""]
-    assert codec.encode_values("String", values) == expected
+    assert encoding.encode_values("String", values) == expected
     many = [str(i) * (i % 40) for i in range(200)]  # more distinct lengths than groups
-    assert [codec.decode_value(raw) for raw in codec.encode_values("String", many)] == many
-    keys = codec.encode_entity_keys(["a", "b"], ["String", "String"], [many, many[::-1]], "p")
+    assert [codec.decode_value(raw) for raw in encoding.encode_values("String", many)] == many
+    keys = encoding.encode_entity_keys(["a", "b"], ["String", "String"], [many, many[::-1]], "p")
     assert keys == [
         codec.encode_entity_key(["a", "b"], ["String", "String"], [x, y], "p")
         for x, y in zip(many, many[::-1], strict=True)
@@ -332,11 +344,11 @@ def test_long_values_take_the_flat_path() -> None:
 
 def test_a_null_join_key_names_the_key_and_row() -> None:
     with pytest.raises(CodecError, match=r"'zone_id'.*row 1"):
-        codec.encode_entity_keys(
+        encoding.encode_entity_keys(
             ["driver_id", "zone_id"], ["Int64", "String"], [[1, 2], ["a", None]], "p"
         )
     with pytest.raises(CodecError, match=r"'driver_id'.*row 2"):
-        codec.encode_entity_keys(["driver_id"], ["Int64"], [np.array([1.0, 2.0, np.nan])], "p")
+        encoding.encode_entity_keys(["driver_id"], ["Int64"], [np.array([1.0, 2.0, np.nan])], "p")
     with pytest.raises(CodecError, match=r"'driver_id'.*null"):
         codec.encode_entity_key(["driver_id"], ["Int64"], [None], "p")
 
@@ -344,18 +356,18 @@ def test_a_null_join_key_names_the_key_and_row() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: codec.encode_values("Int32", [1, 2**31]), r"Int32 column: row 1"),
-        (lambda: codec.encode_values("Int64", ["x"]), r"Int64 column: row 0"),
-        (lambda: codec.encode_values("Float16", [1.0]), r"unsupported dtype 'Float16'"),
-        (lambda: codec.encode_values("Array(Int32)", [[2**40]]), r"Array\(Int32\) column"),
+        (lambda: encoding.encode_values("Int32", [1, 2**31]), r"Int32 column: row 1"),
+        (lambda: encoding.encode_values("Int64", ["x"]), r"Int64 column: row 0"),
+        (lambda: encoding.encode_values("Float16", [1.0]), r"unsupported dtype 'Float16'"),
+        (lambda: encoding.encode_values("Array(Int32)", [[2**40]]), r"Array\(Int32\) column"),
         (lambda: codec.encode_entity_key(["k"], ["Float64"], [1.0], "p"), r"'k'.*Float64"),
         (lambda: codec.encode_entity_key(["k"], ["Int32"], [2**31], "p"), r"'k'.*out of range"),
         (lambda: codec.encode_entity_key(["k"], ["Int64"], ["7"], "p"), r"'k'.*str"),
         (lambda: codec.encode_entity_key(["k"], ["Int64"], [True], "p"), r"'k'.*bool"),
-        (lambda: codec.encode_entity_keys(["k", "k"], ["Int64"] * 2, [[1], [1]], "p"), "dupl"),
-        (lambda: codec.encode_entity_keys(["a", "b"], ["Int64"] * 2, [[1], [1, 2]], "p"), "len"),
-        (lambda: codec.encode_timestamps([datetime(2024, 1, 1), None]), r"row 1"),
-        (lambda: codec.encode_timestamps(["yesterday"]), r"timestamp column"),
+        (lambda: encoding.encode_entity_keys(["k", "k"], ["Int64"] * 2, [[1], [1]], "p"), "dupl"),
+        (lambda: encoding.encode_entity_keys(["a", "b"], ["Int64"] * 2, [[1], [1, 2]], "p"), "len"),
+        (lambda: encoding.encode_timestamps([datetime(2024, 1, 1), None]), r"row 1"),
+        (lambda: encoding.encode_timestamps(["yesterday"]), r"timestamp column"),
         (lambda: codec.decode_value(h("12 05 61")), "malformed"),
         (lambda: codec.decode_value(h("12 01 ff")), "malformed"),
         (lambda: codec.decode_value(h("2f")), "malformed"),  # wire type 7
@@ -411,12 +423,12 @@ def test_decode_int32_truncates_to_32_bits_and_bool_is_any_nonzero() -> None:
 
 def test_decode_numeric_reads_every_numeric_kind() -> None:
     raws = [
-        *codec.encode_values("Float32", [0.1]),
-        *codec.encode_values("Float64", [-0.0]),
-        *codec.encode_values("Int64", [5, 300, 2**40, -1, INT64_MIN]),
-        *codec.encode_values("Int32", [-7, 16384]),
-        *codec.encode_values("Bool", [True, False]),
-        *codec.encode_values("UnixTimestamp", [None, 1, -1]),
+        *encoding.encode_values("Float32", [0.1]),
+        *encoding.encode_values("Float64", [-0.0]),
+        *encoding.encode_values("Int64", [5, 300, 2**40, -1, INT64_MIN]),
+        *encoding.encode_values("Int32", [-7, 16384]),
+        *encoding.encode_values("Bool", [True, False]),
+        *encoding.encode_values("UnixTimestamp", [None, 1, -1]),
         None,
         b"",
         h("20 07 29 000000000000f83f"),  # two fields: the last wins
@@ -430,7 +442,7 @@ def test_decode_numeric_reads_every_numeric_kind() -> None:
 
 
 def test_importing_the_codec_imports_neither_feast_nor_redis() -> None:
-    code = "import sys, serving.codec; print(sorted({'feast', 'redis'} & set(sys.modules)))"
+    code = "import sys, serving.store.codec; print(sorted({'feast', 'redis'} & set(sys.modules)))"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
@@ -514,7 +526,7 @@ def test_values_match_feast_protobuf(feast: SimpleNamespace, data: st.DataObject
     dtype = data.draw(st.sampled_from(SCALARS + ARRAYS))
     column = data.draw(column_of(dtype))
     expected = [proto_value(feast, dtype, v).SerializeToString() for v in column]
-    assert codec.encode_values(dtype, column) == expected
+    assert encoding.encode_values(dtype, column) == expected
 
 
 def materialize_column(feast: SimpleNamespace, dtype: str, column: pa.Array) -> list[bytes]:
@@ -571,7 +583,7 @@ def test_arrow_columns_match_feast_materialize(feast: SimpleNamespace, data: st.
     column = data.draw(arrow_column_of(dtype))
     if dtype == "Bytes" and not any(column.to_pylist()):
         column = pa.concat_arrays([column, pa.array([b"x"])])  # see the test below
-    assert codec.encode_values(dtype, column) == materialize_column(feast, dtype, column)
+    assert encoding.encode_values(dtype, column) == materialize_column(feast, dtype, column)
 
 
 @pytest.mark.slow
@@ -584,8 +596,8 @@ def test_feast_writes_empty_bytes_as_null_only_when_the_whole_batch_is(
     assert materialize_column(feast, "Bytes", only_empty) == [b"", b""]
     mixed = pa.array([b"", None, b"x"])
     assert materialize_column(feast, "Bytes", mixed) == [h("0a 00"), b"", h("0a 01 78")]
-    assert codec.encode_values("Bytes", only_empty) == [h("0a 00"), b""]
-    assert codec.encode_values("Bytes", mixed) == materialize_column(feast, "Bytes", mixed)
+    assert encoding.encode_values("Bytes", only_empty) == [h("0a 00"), b""]
+    assert encoding.encode_values("Bytes", mixed) == materialize_column(feast, "Bytes", mixed)
 
 
 KEY_VALUES: dict[str, st.SearchStrategy[Any]] = {
@@ -616,12 +628,12 @@ def test_entity_keys_match_feast_v3(feast: SimpleNamespace, data: st.DataObject)
         key = feast.EntityKey(join_keys=names, entity_values=values)
         expected.append(feast.redis_key(project, key, entity_key_serialization_version=3))
         assert expected[-1] == feast.serialize_entity_key(key, 3) + project.encode()
-    assert codec.encode_entity_keys(names, dtypes, columns, project) == expected
+    assert encoding.encode_entity_keys(names, dtypes, columns, project) == expected
     arrow = [
         pa.array(c, ARROW[d] if d != "UnixTimestamp" else pa.int64())
         for d, c in zip(dtypes, columns, strict=True)
     ]
-    assert codec.encode_entity_keys(names, dtypes, arrow, project) == expected
+    assert encoding.encode_entity_keys(names, dtypes, arrow, project) == expected
     singles = [
         codec.encode_entity_key(names, dtypes, [c[r] for c in columns], project)
         for r in range(rows)
@@ -659,14 +671,14 @@ def test_timestamps_match_protobuf_from_datetime(
         stamp = feast.Timestamp()
         stamp.FromDatetime(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
         expected.append(stamp.SerializeToString())
-    assert codec.encode_timestamps(moments) == expected
+    assert encoding.encode_timestamps(moments) == expected
     micros = [codec.decode_timestamp_micros(raw) for raw in expected]
-    assert micros == [m or None for m in codec.timestamp_micros(moments).tolist()]
+    assert micros == [m or None for m in encoding.timestamp_micros(moments).tolist()]
     as_numpy = np.array(
         [m.replace(tzinfo=None) - (m.utcoffset() or timedelta()) for m in moments],
         dtype="datetime64[us]",
     )
-    assert codec.encode_timestamps(as_numpy) == expected
+    assert encoding.encode_timestamps(as_numpy) == expected
 
 
 @pytest.mark.slow
@@ -676,7 +688,7 @@ def test_decode_agrees_with_protobuf_on_concatenated_values(
     feast: SimpleNamespace, data: st.DataObject
 ) -> None:
     dtypes = data.draw(st.lists(st.sampled_from(SCALARS + ARRAYS), min_size=1, max_size=3))
-    raw = b"".join(codec.encode_values(d, [data.draw(one_value(d))])[0] for d in dtypes)
+    raw = b"".join(encoding.encode_values(d, [data.draw(one_value(d))])[0] for d in dtypes)
     parsed = feast.pb.Value.FromString(raw)
     field = parsed.WhichOneof("val")
     expected: Any = None if field is None else getattr(parsed, field)
@@ -708,7 +720,7 @@ def _same(got: Any, expected: Any) -> bool:
 def test_decode_of_encode_is_identity(data: st.DataObject) -> None:
     dtype = data.draw(st.sampled_from(SCALARS + ARRAYS))
     column = data.draw(column_of(dtype))
-    decoded = [codec.decode_value(raw) for raw in codec.encode_values(dtype, column)]
+    decoded = [codec.decode_value(raw) for raw in encoding.encode_values(dtype, column)]
     assert all(_same(g, _expected_back(dtype, v)) for g, v in zip(decoded, column, strict=True))
 
 
@@ -729,7 +741,7 @@ def test_decode_numeric_agrees_with_decode_value(data: st.DataObject) -> None:
     dtype = data.draw(
         st.sampled_from(["Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"])
     )
-    raws: list[bytes | None] = [*codec.encode_values(dtype, data.draw(column_of(dtype)))]
+    raws: list[bytes | None] = [*encoding.encode_values(dtype, data.draw(column_of(dtype)))]
     raws += data.draw(st.lists(st.none(), max_size=2))
     out = np.empty(len(raws))
     codec.decode_numeric(dtype, raws, out)
@@ -747,7 +759,7 @@ def test_column_and_single_row_keys_agree(names: list[str], data: st.DataObject)
     dtypes = [data.draw(st.sampled_from(sorted(KEY_VALUES))) for _ in names]
     row = [data.draw(KEY_VALUES[d]) for d in dtypes]
     single = codec.encode_entity_key(names, dtypes, row, "p")
-    assert codec.encode_entity_keys(names, dtypes, [[v] for v in row], "p") == [single]
+    assert encoding.encode_entity_keys(names, dtypes, [[v] for v in row], "p") == [single]
     assert single.startswith(codec.entity_key_prefix(names))
     assert single.endswith(b"p")
 
@@ -758,7 +770,7 @@ def test_vectorised_numeric_decoding_equals_the_one_by_one_decoding(data: st.Dat
     dtypes = ["Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"]
     raws: list[bytes | None] = []
     for dtype in data.draw(st.lists(st.sampled_from(dtypes), max_size=4)):
-        raws += codec.encode_values(dtype, data.draw(column_of(dtype)))
+        raws += encoding.encode_values(dtype, data.draw(column_of(dtype)))
     raws += data.draw(st.lists(st.sampled_from([None, b""]), max_size=3))
     raws += data.draw(st.lists(st.binary(max_size=12), max_size=2))  # odd bytes, even malformed
     raws = data.draw(st.permutations(raws))

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving.columns import read_columns
 from serving.errors import InvalidRequestError
+from serving.online.wire import read_columns
 from serving.pb.carrara.v1 import prediction_pb2 as pb
-from serving.plan import Column
+from serving.repo.plan import Column
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 FINITE = st.floats(allow_nan=False, allow_infinity=False)

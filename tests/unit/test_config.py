@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.config import ENV_REDIS_URL, feast_connection_url, redact, redis_settings
 from serving.errors import UsageError
+from serving.store.settings import ENV_REDIS_URL, feast_connection_url, redact, redis_settings
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from serving import codec
 from serving.errors import InvalidRequestError, PlanError
-from serving.online_store import _encode_keys
-from serving.plan import (
+from serving.repo.plan import (
     Column,
     FeatureServicePlan,
     FeatureViewPlan,
@@ -21,8 +19,10 @@ from serving.plan import (
     Projection,
     ServingPlan,
 )
-from serving.read_plan import build_read_plan, key_encoder
-from serving.write_guard import FramedRows, RowBatch, frame_rows, framed_batches, write_script
+from serving.store import codec, encoding
+from serving.store.read_plan import build_read_plan, key_encoder
+from serving.store.reads import _encode_keys
+from serving.store.write_guard import FramedRows, RowBatch, frame_rows, framed_batches, write_script
 
 INT64 = st.integers(-(2**63), 2**63 - 1)
 INT32 = st.integers(-(2**31), 2**31 - 1)
@@ -101,7 +101,7 @@ def test_key_encoder_matches_the_codec_byte_for_byte(
     names, dtypes, columns = keys
     order = sorted(range(len(names)), key=names.__getitem__)  # the encoder takes Feast order
     encode = key_encoder([names[i] for i in order], [dtypes[i] for i in order], project)
-    expected = codec.encode_entity_keys(names, dtypes, columns, project)
+    expected = encoding.encode_entity_keys(names, dtypes, columns, project)
     assert encode([columns[i] for i in order]) == expected
 
 
@@ -230,7 +230,7 @@ def test_numeric_layout_covers_every_cell_once(rows: list[int]) -> None:
 def test_key_encoder_handles_string_keys_with_any_unicode() -> None:
     encode = key_encoder(["city"], ["String"], "p")
     values = ["", "north", "ü" * 3, string.printable]
-    assert encode([values]) == codec.encode_entity_keys(["city"], ["String"], [values], "p")
-    assert encode([np.array(["a"], dtype=object)]) == codec.encode_entity_keys(
+    assert encode([values]) == encoding.encode_entity_keys(["city"], ["String"], [values], "p")
+    assert encode([np.array(["a"], dtype=object)]) == encoding.encode_entity_keys(
         ["city"], ["String"], [["a"]], "p"
     )

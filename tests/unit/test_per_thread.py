@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from serving.per_thread import PerThread
+from serving.store.per_thread import PerThread
 
 
 def test_each_thread_gets_its_own_object_and_keeps_it() -> None:

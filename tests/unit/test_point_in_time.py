@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from serving.errors import DataError, PlanError
-from serving.feature_repo import apply_repo
-from serving.historical import _rounds
-from serving.plan import Column, ServingPlan
-from serving.training_set import TrainingSet, build_training_set
+from serving.repo.compile import apply_repo
+from serving.repo.historical import _rounds
+from serving.repo.plan import Column, ServingPlan
+from serving.training.training_set import TrainingSet, build_training_set
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from serving.batch.point_in_time import FeatureTable, load_feature_table
 from serving.errors import DataError, PlanError
-from serving.plan import BatchSource, Column, FeatureViewPlan
-from serving.point_in_time import FeatureTable, load_feature_table
+from serving.repo.plan import BatchSource, Column, FeatureViewPlan
 
 DAY = datetime(2026, 10, 1, tzinfo=UTC)
 NAN = math.nan

@@ -16,17 +16,17 @@ import pytest
 
 from serving.cli import main
 from serving.errors import InvalidRequestError, ModelError, NotFoundError, UsageError
-from serving.model_card import (
+from serving.models.card import (
+    ErrorMetrics,
     HoldoutMetrics,
-    Metrics,
     ModelCard,
     RowCounts,
     TrainingWindow,
     model_inputs,
     read_card,
 )
-from serving.plan import Column, FeatureServicePlan, FeatureViewPlan, Projection, ServingPlan
-from serving.registry import ModelRegistry
+from serving.models.registry import ModelRegistry
+from serving.repo.plan import Column, FeatureServicePlan, FeatureViewPlan, Projection, ServingPlan
 
 ROOT = Path(__file__).resolve().parents[2]
 REFS = ("rider_stats__speed", "rider_stats__trips", "rider_stats__kind")
@@ -93,7 +93,7 @@ def card() -> ModelCard:
         request_fields=requests,
         window=TrainingWindow(when, when, when),
         rows=RowCounts(300, 100, 100),
-        metrics=HoldoutMetrics(100, Metrics(1.0, 1.5), {"mean": Metrics(2.0, 2.5)}),
+        metrics=HoldoutMetrics(100, ErrorMetrics(1.0, 1.5), {"mean": ErrorMetrics(2.0, 2.5)}),
         data_fingerprint="d" * 64,
         model_sha256="",
         registry_fingerprint="f" * 64,
@@ -362,8 +362,8 @@ def test_concurrent_registrations_get_distinct_whole_versions(
 CHILD = """
 import sys
 from pathlib import Path
-from serving.model_card import read_card
-from serving.registry import ModelRegistry
+from serving.models.card import read_card
+from serving.models.registry import ModelRegistry
 registry = ModelRegistry(Path(sys.argv[1]))
 text = Path(sys.argv[2]).read_text()
 card = read_card(Path(sys.argv[3]))

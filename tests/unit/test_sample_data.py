@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.errors import UsageError
-from serving.sample_data import TABLES, WorldSpec, generate
+from serving.sample.world import TABLES, WorldSpec, generate
 
 END = datetime(2026, 11, 1, tzinfo=UTC)
 TS = pa.timestamp("us", tz="UTC")

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from serving.scorer import Scorer, probe_rows
+from serving.models.scorer import Scorer, probe_rows
 
 N_FEATURES = 6
 
@@ -128,7 +128,7 @@ def test_a_model_lignum_refuses_is_scored_by_lightgbm(caplog: pytest.LogCaptureF
     x = rng.normal(size=(500, 3))
     params = {"objective": "regression", "verbose": -1, "linear_tree": True}
     linear = lgb.train(params, lgb.Dataset(x, x[:, 0] * 2 + x[:, 1]), num_boost_round=10)
-    with caplog.at_level(logging.WARNING, logger="serving.scorer"):
+    with caplog.at_level(logging.WARNING, logger="serving.models.scorer"):
         scorer = Scorer(linear, name="eta:7")
     assert scorer.exact_fast_path is None
     assert "eta:7: scored by LightGBM itself" in caplog.text

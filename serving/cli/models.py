@@ -1,0 +1,128 @@
+"""`carrara models list|show|promote|rollback`: the model registry from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from serving.cli.arguments import Subparsers, registry_option
+
+if TYPE_CHECKING:
+    from serving.models.card import ModelCard
+    from serving.models.registry import ModelRegistry
+    from serving.repo.plan import Column
+
+
+def add(commands: Subparsers) -> None:
+    p = commands.add_parser("models", help="list, show, promote and roll back model versions")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every model, version and alias")
+    show = actions.add_parser("show", help="one version's metadata")
+    show.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
+    promote = actions.add_parser("promote", help="point an alias at a version")
+    promote.add_argument("ref", metavar="NAME:VERSION")
+    promote.add_argument("--alias", required=True, help="production or staging")
+    rollback = actions.add_parser("rollback", help="point an alias back at its previous version")
+    rollback.add_argument("name", metavar="NAME")
+    rollback.add_argument("--alias", required=True, help="production or staging")
+    for sub in (listing, show, promote, rollback):
+        registry_option(sub)
+        sub.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.models.registry import ModelRegistry
+
+    registry = ModelRegistry(args.registry)
+    if args.action == "list":
+        return _list(registry)
+    if args.action == "show":
+        return _show(registry, args.ref)
+    if args.action == "promote":
+        return _promote(registry, args.ref, args.alias)
+    change = registry.rollback(args.name, args.alias)
+    print(f"rolled back {change.name}@{change.alias}: version {change.before} -> {change.after}")
+    return 0
+
+
+def _list(registry: ModelRegistry) -> int:
+    models = registry.list()
+    if not models:
+        print(f"no models in {registry.root}")
+    for model in models:
+        print(
+            f"{model.name}" + (f"  (aliases unreadable: {model.problem})" if model.problem else "")
+        )
+        by_version: dict[int, list[str]] = {}
+        for alias, version in sorted(model.aliases.items()):
+            by_version.setdefault(version, []).append(alias)
+        for info in model.versions:
+            tags = ",".join(by_version.get(info.version, []))
+            if info.card is None:
+                print(f"  {info.version:>4}  BROKEN  {info.problem}")
+                continue
+            card = info.card
+            print(
+                f"  {info.version:>4}  {tags or '-':<18} {card.created_at:%Y-%m-%d %H:%M} "
+                f"{card.feature_service:<12} holdout MAE {card.metrics.model.mae:.4g}  "
+                f"rows {card.rows.train + card.rows.validation + card.rows.holdout:,}"
+            )
+    return 0
+
+
+def _show(registry: ModelRegistry, ref: str) -> int:
+    name, version = registry.resolve(ref)
+    card = registry.card(f"{name}:{version}")
+    aliases = [a for a, v in sorted(registry.aliases(name).items()) if v == version]
+    print(f"{name}:{version}" + (f"  ({', '.join(aliases)})" if aliases else ""))
+    print(f"  feature service  {card.feature_service}  (label {card.label})")
+    print(
+        f"  window           {card.window.start:%Y-%m-%d %H:%M} .. {card.window.end:%Y-%m-%d %H:%M}"
+        f" UTC, holdout from {card.window.holdout_start:%Y-%m-%d %H:%M}"
+    )
+    print(
+        f"  rows             train {card.rows.train:,}, validation {card.rows.validation:,}, "
+        f"holdout {card.rows.holdout:,}; {card.best_iteration} trees"
+    )
+    print(f"  entities         {_inputs(card.entities)}")
+    print(f"  request fields   {_inputs(card.request_fields)}")
+    print(f"  features ({len(card.feature_refs)})    {', '.join(card.feature_refs)}")
+    for ref_, levels in card.categorical_levels.items():
+        print(f"  categorical      {ref_}: {', '.join(levels)}")
+    print(f"  data fingerprint {card.data_fingerprint}")
+    print(f"  libraries        {', '.join(f'{k} {v}' for k, v in card.library_versions.items())}")
+    print(f"  git revision     {card.git_revision or 'unknown'}")
+    print(f"  created          {card.created_at.isoformat(timespec='seconds')}")
+    for line in metrics_table(card):
+        print(f"  {line}")
+    return 0
+
+
+def _inputs(columns: tuple[Column, ...]) -> str:
+    return ", ".join(f"{c.name} ({c.dtype})" for c in columns) or "none"
+
+
+def _promote(registry: ModelRegistry, ref: str, alias: str) -> int:
+    from serving.errors import UsageError
+
+    name, sep, version = ref.partition(":")
+    if not sep or not version.isdigit():
+        raise UsageError(f"promote takes NAME:VERSION, not {ref!r}")
+    change = registry.promote(name, int(version), alias)
+    before = f"version {change.before}" if change.before is not None else "nothing"
+    print(f"promoted {change.name}:{change.after} to {change.alias} (was {before})")
+    return 0
+
+
+def metrics_table(card: ModelCard) -> list[str]:
+    """Holdout MAE and RMSE of the model and each baseline, with the model's improvement."""
+    m = card.metrics
+    title = f"holdout ({m.rows:,} rows)"
+    lines = [f"{title:<22}{'MAE':>10} {'RMSE':>10}   model better by (MAE, RMSE)"]
+    lines.append(f"{'model':<22}{m.model.mae:>10.4g} {m.model.rmse:>10.4g}")
+    for name, base in m.baselines.items():
+        gain = m.improvement_pct(name)
+        lines.append(
+            f"{name:<22}{base.mae:>10.4g} {base.rmse:>10.4g}   {gain.mae:+.1f}%, {gain.rmse:+.1f}%"
+        )
+    return lines

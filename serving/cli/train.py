@@ -1,0 +1,47 @@
+"""`carrara train KIND`: point-in-time training set, LightGBM, holdout report, registry."""
+
+from __future__ import annotations
+
+import argparse
+
+from serving.cli.arguments import Subparsers, registry_option, repo_option, timestamp
+
+
+def add(commands: Subparsers) -> None:
+    p = commands.add_parser(
+        "train", help="train a model on Feast point-in-time features and register it"
+    )
+    p.add_argument("kind", help="a model kind of the repo (its model_kinds.py)")
+    repo_option(p)
+    registry_option(p)
+    p.add_argument("--start", type=timestamp, default=None, help="first label time (ISO-8601)")
+    p.add_argument("--end", type=timestamp, default=None, help="label times before this")
+    p.add_argument("--seed", type=int, default=7, help="LightGBM seed (default: %(default)s)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.cli.models import metrics_table
+    from serving.models.registry import ModelRegistry
+    from serving.repo.model_kinds import model_kind
+    from serving.training.train import train
+
+    spec = model_kind(args.repo, args.kind)  # an unknown kind fails before Feast is imported
+    result = train(spec, args.repo, ModelRegistry(args.registry), (args.start, args.end), args.seed)
+    card, reg = result.card, result.registration
+    rows = card.rows
+    print(
+        f"train {spec.name}: {rows.train + rows.validation + rows.holdout:,} labels "
+        f"{card.window.start:%Y-%m-%d %H:%M} .. {card.window.end:%Y-%m-%d %H:%M} UTC "
+        f"(train {rows.train:,}, validation {rows.validation:,}, holdout {rows.holdout:,} "
+        f"from {card.window.holdout_start:%Y-%m-%d %H:%M}); "
+        f"retrieval {result.retrieval_s:.1f} s, training {result.training_s:.1f} s, "
+        f"{card.best_iteration} trees"
+    )
+    for line in metrics_table(card):
+        print(f"  {line}")
+    for baseline in spec.baselines:
+        print(f"  {baseline.name}: {baseline.description}")
+    first = " (first version: production automatically)" if reg.alias == "production" else ""
+    print(f"registered {reg.name}:{reg.version} as {reg.name}@{reg.alias}{first} -> {reg.path}")
+    return 0

@@ -1,0 +1,129 @@
+"""A model version resolved for scoring: read its features, add on-demand ones, score.
+
+Shared by the online service and batch scoring (`score --online`), so both run the same
+steps. Built once per version (`build_served_model`): the Redis read plan for its feature
+views (key encoders, hashed fields, ttl, positions in the model's input vector, category codes
+for string features), its on-demand steps and where their outputs go, the inputs a caller must
+send, and the scorer. A `predict` then costs one pipelined Redis round trip, the on-demand
+functions on numpy columns, and the scorer. What it observes (read latency, missing and stale
+values) goes to a `ReadObserver`: the server's metrics, or nothing in a batch job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from serving.inference.on_demand_steps import OnDemandStep, on_demand_steps
+from serving.models.registry import LoadedModel
+from serving.models.scorer import Scorer
+from serving.repo.plan import Column, ServingPlan
+from serving.store import codec
+from serving.store.online_store import OnlineStore
+from serving.store.read_plan import ReadPlan, build_read_plan
+from serving.store.reads import Status
+
+RequestColumns = Mapping[str, Any]  # request column -> one value per row (a list or numpy array)
+
+
+class ReadObserver(Protocol):
+    def observe_read(self, seconds: float) -> None: ...
+
+    def count_missing(self, view: str, missing: int, stale: int) -> None: ...
+
+
+class NoObserver:
+    """For batch jobs: nothing is observed."""
+
+    def observe_read(self, seconds: float) -> None:
+        pass
+
+    def count_missing(self, view: str, missing: int, stale: int) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class Prediction:
+    predictions: np.ndarray  # (rows,)
+    missing_per_row: np.ndarray  # (rows,) int32: absent or stale features
+    features: np.ndarray  # (rows, width) the model's input, NaN = missing
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    version: str
+    feature_service: str
+    feature_names: tuple[str, ...]
+    entities: tuple[Column, ...]
+    request_fields: tuple[Column, ...]
+    read_plan: ReadPlan
+    on_demand: tuple[OnDemandStep, ...]
+    scorer: Scorer
+    store: OnlineStore
+    observer: ReadObserver
+
+    def predict(
+        self, entities: RequestColumns, request_data: RequestColumns, rows: int, timeout_s: float
+    ) -> Prediction:
+        started = time.perf_counter()
+        read = self.store.read(self.read_plan, entities, timeout_s=timeout_s)
+        self.observer.observe_read(time.perf_counter() - started)
+        matrix = read.values
+        for step in self.on_demand:
+            step.fill(matrix, request_data, rows)
+        if read.missing_per_row.any():
+            self._count_missing(read.status[:, self.read_plan.read_columns])
+        return Prediction(self.scorer.score(matrix), read.missing_per_row, matrix)
+
+    def _count_missing(self, status: np.ndarray) -> None:
+        """Missing and stale values per feature view, for the metrics (only when any)."""
+        slots = self.read_plan.slot_of_column
+        for slot, view in enumerate(self.read_plan.view_names):
+            of_view = status[:, slots == slot]
+            self.observer.count_missing(
+                view, int((of_view == Status.MISSING).sum()), int((of_view == Status.STALE).sum())
+            )
+
+
+def build_served_model(
+    loaded: LoadedModel,
+    plan: ServingPlan,
+    repo: Path,
+    store: OnlineStore,
+    observer: ReadObserver,
+    scoring_threads: int = 1,  # the server's: one per request; batch jobs take every core
+) -> ServedModel:
+    card = loaded.card
+    refs = card.feature_refs
+    service = plan.feature_service(card.feature_service)
+    views = [p for p in service.projections if p.view in plan.feature_views]
+    read_plan = build_read_plan(
+        plan, views, feature_order=refs, categories=_category_codes(card.categorical_levels)
+    )
+    return ServedModel(
+        name=loaded.name,
+        version=str(loaded.version),
+        feature_service=card.feature_service,
+        feature_names=tuple(refs),
+        entities=card.entities,
+        request_fields=card.request_fields,
+        read_plan=read_plan,
+        on_demand=on_demand_steps(plan, service.projections, repo, refs),
+        scorer=Scorer(loaded.booster, scoring_threads, f"{loaded.name}:{loaded.version}"),
+        store=store,
+        observer=observer,
+    )
+
+
+def _category_codes(levels: Mapping[str, Sequence[str]]) -> dict[str, dict[bytes, float]]:
+    """ref -> stored Value bytes of each level -> its code, so reads never decode strings."""
+    return {
+        ref: {codec.encode_string(level): float(i) for i, level in enumerate(values)}
+        for ref, values in levels.items()
+    }

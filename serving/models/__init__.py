@@ -1,0 +1,7 @@
+"""The model registry: versions on disk, cards, aliases, and the scorer.
+
+registry.py (versions, atomic registration, loading), card.py (model.json: what a version was
+trained on and what a caller sends), aliases.py (alias -> version, with history), scorer.py
+(a float64 matrix in the model's feature order -> exact LightGBM scores). Imports `repo` for
+the plan a card is checked against; never the store, gRPC or Feast.
+"""

@@ -1,0 +1,231 @@
+"""A model version's metadata (`model.json`): what it was trained on and what a caller sends.
+
+The card is the contract between training and serving: the ordered feature refs are Feast's
+full names (`projection__feature`) in the model's input order, which is also LightGBM's
+`feature_name()` order; a categorical feature's value is its index in the stored levels (an
+unknown level or a missing value is NaN); entities and request fields are what a caller must
+send, with Feast's type strings, derived from the serving plan so the server can validate a
+request without Feast.
+
+Invariants: a card round-trips through JSON unchanged; parsing never trusts the file (any
+missing or mistyped field is a ModelError naming the file); no Feast import here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.errors import ModelError, PlanError
+from serving.repo.plan import Column, ServingPlan
+
+CARD_FORMAT = 1
+CATEGORICAL_DTYPES = frozenset({"String"})
+NUMERIC_DTYPES = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool"})
+
+
+@dataclass(frozen=True)
+class ErrorMetrics:
+    mae: float
+    rmse: float
+
+
+@dataclass(frozen=True)
+class HoldoutMetrics:
+    """The model and each naive baseline on the same holdout rows."""
+
+    rows: int
+    model: ErrorMetrics
+    baselines: dict[str, ErrorMetrics]
+
+    def improvement_pct(self, baseline: str) -> ErrorMetrics:
+        """How much lower the model's error is than the baseline's, in percent."""
+        base = self.baselines[baseline]
+        return ErrorMetrics(
+            mae=100.0 * (base.mae - self.model.mae) / base.mae if base.mae else 0.0,
+            rmse=100.0 * (base.rmse - self.model.rmse) / base.rmse if base.rmse else 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class TrainingWindow:
+    """Label event times used: train and validation before `holdout_start`, holdout after."""
+
+    start: datetime
+    end: datetime
+    holdout_start: datetime
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    train: int
+    validation: int
+    holdout: int
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    version: int
+    feature_service: str
+    label: str
+    feature_refs: tuple[str, ...]  # model input order = booster.feature_name()
+    feature_types: dict[str, str]  # ref -> Feast type string
+    categorical_levels: dict[str, tuple[str, ...]]  # ref -> ordered levels (code = index)
+    entities: tuple[Column, ...]  # join keys a caller sends
+    request_fields: tuple[Column, ...]  # request-time inputs a caller sends
+    window: TrainingWindow
+    rows: RowCounts
+    metrics: HoldoutMetrics
+    data_fingerprint: str  # SHA-256 of the training frame (labels + features)
+    model_sha256: str  # SHA-256 of model.txt
+    registry_fingerprint: str  # of the Feast registry the features were resolved against
+    params: dict[str, Any]
+    best_iteration: int
+    library_versions: dict[str, str]
+    git_revision: str | None
+    created_at: datetime
+    format: int = CARD_FORMAT
+
+    def category_codes(self, ref: str, values: Iterable[object]) -> np.ndarray:
+        """Float codes for a categorical feature: level index, NaN for unknown or missing."""
+        return category_codes(values, self.categorical_levels[ref])
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, default=_json_default)
+
+
+def category_codes(values: Iterable[object], levels: Sequence[str]) -> np.ndarray:
+    """Each value's index in `levels` as a float; NaN (LightGBM's missing) when not a level."""
+    index = {level: float(i) for i, level in enumerate(levels)}
+    return np.fromiter(
+        (index.get(v, math.nan) if isinstance(v, str) else math.nan for v in values),
+        dtype=np.float64,
+    )
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} to model.json")
+
+
+def model_inputs(
+    plan: ServingPlan, service: str, refs: Sequence[str]
+) -> tuple[tuple[Column, ...], tuple[Column, ...], dict[str, str]]:
+    """(entities, request fields, ref -> type) a caller must send for `refs` of `service`.
+
+    Each feature view projection contributes its view's join keys renamed by its join-key map;
+    each on-demand view its request fields (and the join keys of views it reads). Raises
+    ModelError naming the first ref that no longer resolves.
+    """
+    projections = {p.name: p for p in plan.feature_service(service).projections}
+    entities: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    types: dict[str, str] = {}
+    for ref in refs:
+        proj_name, _, feature = ref.partition("__")
+        projection = projections.get(proj_name)
+        if projection is None or feature not in projection.features:
+            raise ModelError(
+                f"feature {ref!r} no longer resolves in feature service {service!r} of "
+                f"project {plan.project!r}"
+            )
+        if projection.view in plan.feature_views:
+            view = plan.feature_views[projection.view]
+            types[ref] = view.feature(feature).dtype
+            for key in view.join_keys:
+                _add(entities, projection.join_key_map.get(key.name, key.name), key.dtype)
+        else:
+            odfv = plan.on_demand_views[projection.view]
+            types[ref] = next(c.dtype for c in odfv.outputs if c.name == feature)
+            for column in odfv.request_fields:
+                _add(requests, column.name, column.dtype)
+            for source_ref in odfv.input_features:
+                source_view = plan.feature_views.get(source_ref.partition("__")[0])
+                for key in source_view.join_keys if source_view else ():
+                    _add(entities, key.name, key.dtype)
+    return (
+        tuple(Column(k, t) for k, t in entities.items()),
+        tuple(Column(k, t) for k, t in requests.items()),
+        types,
+    )
+
+
+def _add(columns: dict[str, str], name: str, dtype: str) -> None:
+    if columns.setdefault(name, dtype) != dtype:
+        raise PlanError(f"input {name!r} is declared as both {columns[name]} and {dtype}")
+
+
+def read_card(path: Path) -> ModelCard:
+    """Parse and validate `model.json`; any problem is a ModelError naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} is not readable JSON: {exc}") from exc
+    try:
+        card = _card_from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{path} is malformed: {type(exc).__name__} {exc}") from exc
+    if card.format != CARD_FORMAT:
+        raise ModelError(f"{path} has format {card.format}, this Carrara reads {CARD_FORMAT}")
+    return card
+
+
+def _card_from_dict(d: dict[str, Any]) -> ModelCard:
+    refs = tuple(_str(r) for r in d["feature_refs"])
+    types = {_str(k): _str(v) for k, v in d["feature_types"].items()}
+    levels = {_str(k): tuple(_str(x) for x in v) for k, v in d["categorical_levels"].items()}
+    if set(types) != set(refs) or not set(levels) <= set(refs) or len(set(refs)) != len(refs):
+        raise ValueError("feature_refs, feature_types and categorical_levels disagree")
+    m = d["metrics"]
+    return ModelCard(
+        name=_str(d["name"]),
+        version=int(d["version"]),
+        feature_service=_str(d["feature_service"]),
+        label=_str(d["label"]),
+        feature_refs=refs,
+        feature_types=types,
+        categorical_levels=levels,
+        entities=_columns(d["entities"]),
+        request_fields=_columns(d["request_fields"]),
+        window=TrainingWindow(**{k: datetime.fromisoformat(v) for k, v in d["window"].items()}),
+        rows=RowCounts(**{k: int(v) for k, v in d["rows"].items()}),
+        metrics=HoldoutMetrics(
+            rows=int(m["rows"]),
+            model=_metrics(m["model"]),
+            baselines={_str(k): _metrics(v) for k, v in m["baselines"].items()},
+        ),
+        data_fingerprint=_str(d["data_fingerprint"]),
+        model_sha256=_str(d["model_sha256"]),
+        registry_fingerprint=_str(d["registry_fingerprint"]),
+        params=dict(d["params"]),
+        best_iteration=int(d["best_iteration"]),
+        library_versions={_str(k): _str(v) for k, v in d["library_versions"].items()},
+        git_revision=None if d["git_revision"] is None else _str(d["git_revision"]),
+        created_at=datetime.fromisoformat(d["created_at"]),
+        format=int(d["format"]),
+    )
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _metrics(d: Mapping[str, Any]) -> ErrorMetrics:
+    return ErrorMetrics(mae=float(d["mae"]), rmse=float(d["rmse"]))
+
+
+def _columns(items: list[dict[str, Any]]) -> tuple[Column, ...]:
+    return tuple(Column(name=_str(c["name"]), dtype=_str(c["dtype"])) for c in items)

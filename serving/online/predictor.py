@@ -1,0 +1,230 @@
+"""The served models by reference ("eta", "eta@staging", "eta:3"), and their hot reload.
+
+The servicer asks `Predictor.model(ref)` for a `ServedModel` (serving/inference/served_model.py:
+read plan, on-demand steps and scorer, built once per version) and calls its `predict`.
+`Predictor` owns the served models: a dict swapped whole on reload (readers never lock), with
+versions that are not aliased loaded on first use. `reload` follows alias moves and a new
+serving plan (`carrara apply`); a version that fails to load is logged and the one it would
+replace keeps serving. Also here: the GetOnlineFeatures lookups (feature_lookup.py), cached
+per (service, refs), and what ListModels reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from serving.errors import ModelError, NotFoundError, PlanError
+from serving.inference.served_model import ServedModel, build_served_model
+from serving.models.registry import DEFAULT_ALIAS, ModelRegistry
+from serving.online.feature_lookup import FeatureLookup, build_lookup
+from serving.online.metrics import ServerMetrics
+from serving.repo.plan import Column, FeatureViewPlan, RepoFiles, ServingPlan, load_plan
+from serving.store.online_store import OnlineStore
+
+log = logging.getLogger(__name__)
+MAX_PINNED = 64  # "name:version" refs kept loaded besides the aliased ones
+
+
+def _definitions(plan: ServingPlan) -> ServingPlan:
+    """The plan without what changes when only materialization intervals were recorded."""
+    return replace(plan, registry_fingerprint="", path=None)
+
+
+def _stamp(path: Path | None) -> tuple[int, int] | None:
+    """(mtime, size) of a file, to notice a rewrite without reading it."""
+    try:
+        stat = path.stat() if path else None
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size) if stat else None
+
+
+class Predictor:
+    """The served model plans by reference ("eta", "eta@staging", "eta:3")."""
+
+    def __init__(
+        self,
+        plan: ServingPlan,
+        repo: Path,
+        store: OnlineStore,
+        registry: ModelRegistry,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.plan = plan
+        self._repo = repo
+        self._store = store
+        self._registry = registry
+        self._metrics = metrics
+        self._by_ref: dict[str, ServedModel] = {}
+        self._by_version: dict[tuple[str, int], ServedModel] = {}
+        self._by_pinned_ref: dict[str, ServedModel] = {}  # "eta:3" refs served so far
+        self._aliases: dict[str, dict[str, int]] = {}
+        self._lookups: dict[tuple[str, tuple[str, ...]], FeatureLookup] = {}
+        self._lock = threading.Lock()  # serialises loads; reads never take it
+        self._plan_stamp = _stamp(plan.path)
+
+    def model(self, ref: str) -> ServedModel:
+        plan = self._by_ref.get(ref) or self._by_pinned_ref.get(ref)
+        if plan is not None:
+            return plan
+        name, version = self._registry.resolve(ref)  # NotFoundError names the missing part
+        with self._lock:
+            plan = self._load(name, version)
+            if ref == f"{name}:{version}" and len(self._by_pinned_ref) < MAX_PINNED:
+                self._by_pinned_ref[ref] = plan  # a version never changes: no disk next time
+            return plan
+
+    def metric_label(self, name: str) -> str:
+        """`name` if it is a served model or a feature service, else "other" (bounded labels)."""
+        if not name or name in self._by_ref or name in self._by_pinned_ref:
+            return name
+        return name if name in self.plan.feature_services else "other"
+
+    def model_names(self) -> list[str]:
+        return sorted(self._aliases)
+
+    def model_infos(self) -> list[ModelInfo]:
+        infos = []
+        for name, aliases in sorted(self._aliases.items()):
+            served = [
+                self._by_ref[f"{name}@{a}"]
+                for a in sorted(aliases)
+                if f"{name}@{a}" in self._by_ref
+            ]
+            if not served:
+                continue
+            model = self._by_ref.get(name, served[0])
+            infos.append(
+                ModelInfo(
+                    name=name,
+                    versions=[str(v) for v in self._registry.versions(name)],
+                    aliases={a: str(v) for a, v in aliases.items()},
+                    feature_service=model.feature_service,
+                    entities=model.entities,
+                    request_fields=model.request_fields,
+                )
+            )
+        return infos
+
+    def served_views(self) -> list[FeatureViewPlan]:
+        """The feature views the aliased models read."""
+        services = {model.feature_service for model in self._by_ref.values()}
+        projections = (p for s in services for p in self.plan.feature_service(s).projections)
+        names = {p.view for p in projections if p.view in self.plan.feature_views}
+        return [self.plan.feature_views[name] for name in sorted(names)]
+
+    def lookup(self, feature_service: str | None, refs: Sequence[str]) -> FeatureLookup:
+        key = (feature_service or "", tuple(refs))
+        found = self._lookups.get(key)
+        if found is None:
+            try:
+                found = build_lookup(self.plan, self._store, feature_service, refs)
+            except PlanError as exc:
+                raise NotFoundError(str(exc)) from None
+            if len(self._lookups) < 1_000:  # bounded: refs come from clients
+                self._lookups[key] = found
+        return found
+
+    def load_all(self) -> None:
+        """Load every aliased version; a broken one is logged and skipped."""
+        with self._lock:
+            self._aliases = self._registry.alias_state()
+            self._by_ref = self._refs(self._aliases, previous={})
+
+    def reload(self) -> bool:
+        """Pick up a new serving plan or alias changes; True if anything changed.
+
+        What fails to load is logged and the plan or version it would replace keeps serving.
+        """
+        try:
+            state = self._registry.alias_state()
+        except ModelError as exc:  # e.g. a hand-edited aliases.json: keep serving what we have
+            log.error("registry unreadable, models unchanged: %s", exc)
+            return False
+        new_plan = self._changed_plan()
+        if new_plan is None and state == self._aliases:
+            return False
+        with self._lock:
+            if new_plan is not None:
+                self.plan = new_plan
+                self._by_version.clear()  # rebuilt against the new plan
+                self._by_pinned_ref = {}
+                self._lookups = {}
+            self._by_ref = self._refs(state, previous=self._by_ref)
+            self._aliases = state
+        log.info("models reloaded: %s", state)
+        return True
+
+    def _changed_plan(self) -> ServingPlan | None:
+        """The repo's plan when `carrara apply` changed its definitions since we read it.
+
+        `carrara materialize` rewrites the plan too, only to record the registry's new
+        fingerprint: that is adopted quietly, without rebuilding any model.
+        """
+        stamp = _stamp(self.plan.path)
+        if stamp == self._plan_stamp:
+            return None
+        try:
+            plan = load_plan(RepoFiles.locate(self._repo))
+        except PlanError as exc:  # e.g. mid-write by materialize: look again next time
+            log.info("serving plan changed but is not current yet: %s", exc)
+            return None
+        self._plan_stamp = stamp
+        if _definitions(plan) == _definitions(self.plan):
+            self.plan = plan
+            return None
+        log.info("serving plan reloaded from %s", plan.path)
+        return plan
+
+    def _refs(
+        self, state: Mapping[str, Mapping[str, int]], previous: Mapping[str, ServedModel]
+    ) -> dict[str, ServedModel]:
+        """ref -> plan for every alias; an alias whose version fails keeps its previous plan."""
+        refs: dict[str, ServedModel] = {}
+        for name, aliases in state.items():
+            for alias, version in aliases.items():
+                ref = f"{name}@{alias}"
+                try:
+                    model = self._load(name, version)
+                except (ModelError, NotFoundError, PlanError) as exc:
+                    kept = previous.get(ref)
+                    log.error(
+                        "cannot serve %s:%s as %s (%s); %s",
+                        name,
+                        version,
+                        ref,
+                        exc,
+                        f"keeping version {kept.version}" if kept else "not served",
+                    )
+                    if kept is None:
+                        continue
+                    model = kept
+                refs[ref] = model
+                if alias == DEFAULT_ALIAS:
+                    refs[name] = model
+        return refs
+
+    def _load(self, name: str, version: int) -> ServedModel:
+        key = (name, version)
+        if key not in self._by_version:
+            loaded = self._registry.load(f"{name}:{version}", self.plan)
+            self._by_version[key] = build_served_model(
+                loaded, self.plan, self._repo, self._store, self._metrics
+            )
+        return self._by_version[key]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ListModels tells a caller about one served model."""
+
+    name: str
+    versions: list[str]
+    aliases: dict[str, str]
+    feature_service: str
+    entities: tuple[Column, ...]
+    request_fields: tuple[Column, ...]

@@ -1,0 +1,235 @@
+"""gRPC handlers: protobuf <-> domain types, and the one table from errors to status codes.
+
+Thin by design: each handler converts the request, calls the predictor, converts back. Every
+handler runs inside `_guard`, so no RPC can leak a traceback or `str()` of an unexpected
+exception to a client: those become INTERNAL with a generic message and go to the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from serving.errors import (
+    CarraraError,
+    InvalidRequestError,
+    ModelError,
+    NotFoundError,
+    StoreUnavailableError,
+    echo,
+)
+from serving.online.metrics import ServerMetrics
+from serving.online.throttled_log import ThrottledLog
+from serving.online.wire import read_columns, to_values, wire_type
+from serving.pb.carrara.v1 import prediction_pb2 as pb
+from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from serving.online.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+# Most specific class first; anything else is INTERNAL. A message of None sends the error's
+# own text (it names the client's field, row, model or version); otherwise the fixed text is
+# sent and the detail (URLs, paths) goes to the log only.
+STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode, str | None], ...] = (
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT, None),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND, None),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, "the online store is unavailable"),
+    (ModelError, grpc.StatusCode.FAILED_PRECONDITION, "this model version is broken on the server"),
+)
+INTERNAL = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
+# serving.store.reads.Status (MISSING 0, PRESENT 1, STALE 2) -> the wire's FeatureStatus
+WIRE_STATUS = np.array([pb.MISSING, pb.PRESENT, pb.STALE], dtype=np.int32)
+# Redis timeout: the client's remaining deadline, at most this. A cap, not only a default:
+# a constant timeout spares a socket settimeout (two fcntl calls) per request, and a Redis
+# read that takes a second is an outage to report, not to wait out.
+MAX_REDIS_TIMEOUT_S = 1.0
+MAX_DETAIL_CHARS = 1_000
+SERVICE = "carrara.v1.PredictionService"
+STORE_KEY = "the online store"
+
+
+class PredictionServicer(pb_grpc.PredictionServiceServicer):
+    # Method names are grpc's (N802).
+    def __init__(self, predictor: Predictor, metrics: ServerMetrics, max_rows: int) -> None:
+        self._predictor = predictor
+        self._metrics = metrics
+        self._max_rows = max_rows
+        self._throttled = ThrottledLog(log)
+
+    def Predict(
+        self, request: pb.PredictRequest, context: grpc.ServicerContext
+    ) -> pb.PredictResponse:
+        with self._guard(context, "Predict", request.model):
+            model = self._predictor.model(request.model)
+            entities, rows = read_columns(
+                "entities", request.entities, model.entities, self._max_rows
+            )
+            request_data, data_rows = read_columns(
+                "request_data", request.request_data, model.request_fields, self._max_rows
+            )
+            if model.request_fields and data_rows != rows:
+                raise InvalidRequestError(
+                    f"request_data has {data_rows} rows but entities have {rows}"
+                )
+            result = model.predict(entities, request_data, rows, _timeout_s(context))
+            response = pb.PredictResponse(
+                model=model.name,
+                model_version=model.version,
+                predictions=result.predictions.tolist(),
+                missing_features=result.missing_per_row.tolist(),
+            )
+            if request.return_features:
+                response.feature_names.extend(model.feature_names)
+                response.features.extend(
+                    pb.DoubleList(values=row) for row in result.features.tolist()
+                )
+            return response
+        return pb.PredictResponse()  # unreachable: _guard aborted the RPC
+
+    def GetOnlineFeatures(
+        self, request: pb.GetOnlineFeaturesRequest, context: grpc.ServicerContext
+    ) -> pb.GetOnlineFeaturesResponse:
+        with self._guard(context, "GetOnlineFeatures", request.feature_service or "refs"):
+            if bool(request.feature_service) == bool(request.features):
+                raise InvalidRequestError(
+                    "give either feature_service or features, not both or none"
+                )
+            lookup = self._predictor.lookup(request.feature_service or None, list(request.features))
+            entities, rows = read_columns(
+                "entities", request.entities, lookup.entities, self._max_rows
+            )
+            result = lookup.read(entities, rows, _timeout_s(context))
+            response = pb.GetOnlineFeaturesResponse()
+            for column in result:
+                response.features.append(
+                    pb.FeatureColumn(
+                        name=column.name,
+                        type=wire_type(column.dtype),
+                        values=to_values(column.values, column.dtype),
+                        event_timestamps_us=column.event_timestamps_us.tolist(),
+                        statuses=WIRE_STATUS[column.statuses].tolist(),
+                    )
+                )
+            return response
+        return pb.GetOnlineFeaturesResponse()
+
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:
+        with self._guard(context, "ListModels", ""):
+            return pb.ListModelsResponse(
+                models=[
+                    pb.ModelInfo(
+                        name=info.name,
+                        versions=info.versions,
+                        aliases=info.aliases,
+                        feature_service=info.feature_service,
+                        entities=[
+                            pb.Input(name=c.name, type=wire_type(c.dtype)) for c in info.entities
+                        ],
+                        request_data=[
+                            pb.Input(name=c.name, type=wire_type(c.dtype))
+                            for c in info.request_fields
+                        ],
+                    )
+                    for info in self._predictor.model_infos()
+                ]
+            )
+        return pb.ListModelsResponse()
+
+    @contextmanager
+    def _guard(self, context: grpc.ServicerContext, method: str, model: str) -> Iterator[None]:
+        started = time.perf_counter()
+        label = self._predictor.metric_label(model)  # never a raw client string: bounded labels
+        try:
+            yield
+        except CarraraError as exc:
+            code, public = next(((c, m) for k, c, m in STATUS_OF if isinstance(exc, k)), INTERNAL)
+            detail = _cut(str(exc))
+            key, recovers = _failure_key(code, method, label)
+            self._throttled.warning(
+                key,
+                "%s model=%s status=%s error=%s",
+                *(method, echo(model), code.name, detail),
+                recovers=recovers,
+            )
+            self._metrics.observe(method, label, code.name, time.perf_counter() - started)
+            context.abort(code, public or detail)
+        except Exception:
+            log.exception("%s model=%s status=INTERNAL", method, echo(model))
+            self._metrics.observe(method, label, "INTERNAL", time.perf_counter() - started)
+            context.abort(*INTERNAL)
+        else:
+            self._metrics.observe(method, label, "OK", time.perf_counter() - started)
+            if self._throttled.failing:
+                self._throttled.ok(STORE_KEY)
+                self._throttled.ok(f"{method} model={label}")
+
+
+def add_to_server(servicer: PredictionServicer, server: grpc.Server) -> None:
+    """Register the service like the generated `add_..._to_server`, except that requests
+    arrive as bytes and are parsed here: bytes that are no valid message are INVALID_ARGUMENT
+    (grpcio's own deserializer would answer INTERNAL, which alerts on server faults)."""
+    methods: dict[str, tuple[Any, Any, Any]] = {
+        "Predict": (servicer.Predict, pb.PredictRequest, pb.PredictResponse),
+        "GetOnlineFeatures": (
+            servicer.GetOnlineFeatures,
+            pb.GetOnlineFeaturesRequest,
+            pb.GetOnlineFeaturesResponse,
+        ),
+        "ListModels": (servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+    }
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            _parsing(request_type, method), response_serializer=reply_type.SerializeToString
+        )
+        for name, (method, request_type, reply_type) in methods.items()
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+def _parsing(request_type: Any, method: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    name = request_type.DESCRIPTOR.name
+
+    def handle(data: bytes, context: grpc.ServicerContext) -> Any:
+        try:
+            request = request_type.FromString(data)
+        except DecodeError:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is no valid {name}")
+        return method(request, context)
+
+    return handle
+
+
+def _failure_key(code: grpc.StatusCode, method: str, label: str) -> tuple[str, bool]:
+    """Failures logged together, and whether a success ends them: the store's for every call,
+    a model's per method, and the callers' mistakes per method, model and code."""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return STORE_KEY, True
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return f"{method} model={label}", True
+    return f"{method} model={label} {code.name}", False
+
+
+def _cut(text: str) -> str:
+    """A status message or log detail of bounded size, whatever the error carried."""
+    return text if len(text) <= MAX_DETAIL_CHARS else f"{text[:MAX_DETAIL_CHARS]}... (cut)"
+
+
+def _timeout_s(context: grpc.ServicerContext) -> float:
+    remaining: float | None = context.time_remaining()
+    return (
+        MAX_REDIS_TIMEOUT_S
+        if remaining is None
+        else max(0.001, min(remaining, MAX_REDIS_TIMEOUT_S))
+    )

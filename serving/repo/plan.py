@@ -1,0 +1,258 @@
+"""The serving plan: a Feast repository's definitions as plain data, readable without Feast.
+
+`carrara apply` compiles it (see compile.py) into a JSON file beside the Feast registry;
+`serve`, `materialize` and `score` read it instead of paying for `import feast`, which takes
+seconds. It carries the SHA-256 of the registry it was compiled from: when the
+registry changes (another `feast apply`), the plan is stale and is compiled again.
+
+Invariants: types are Feast's own type strings ("Int64", "Float32", "Array(String)", ...);
+join keys keep the view's declared order (key encoding sorts them itself); a projection's
+`join_key_map` maps the view's join key to the column the caller sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from serving.errors import PlanError
+from serving.files import write_atomic
+
+PLAN_FORMAT = 1
+PLAN_FILE = "carrara_plan.json"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class BatchSource:
+    path: str  # as declared; relative paths are relative to the repo
+    timestamp_field: str
+    created_timestamp_column: str | None = None
+    field_mapping: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureViewPlan:
+    name: str
+    join_keys: tuple[Column, ...]
+    features: tuple[Column, ...]
+    ttl_s: int  # 0: no ttl
+    source: BatchSource | None
+    online: bool = True
+
+    def feature(self, name: str) -> Column:
+        for column in self.features:
+            if column.name == name:
+                return column
+        raise PlanError(f"feature view {self.name!r} has no feature {name!r}")
+
+
+@dataclass(frozen=True)
+class OnDemandViewPlan:
+    """A python-mode on-demand view; `module`/`function` when its body delegates to one."""
+
+    name: str
+    request_fields: tuple[Column, ...]
+    input_features: tuple[str, ...]  # "view__feature" refs from feature-view sources
+    outputs: tuple[Column, ...]
+    udf_name: str
+    udf_source: str
+    module: str | None = None
+    function: str | None = None
+
+
+@dataclass(frozen=True)
+class Projection:
+    view: str  # feature view or on-demand view name
+    name: str  # the name the service uses (alias), = view when not projected
+    join_key_map: dict[str, str]
+    features: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FeatureServicePlan:
+    name: str
+    projections: tuple[Projection, ...]
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    project: str
+    registry_fingerprint: str
+    feature_views: dict[str, FeatureViewPlan]
+    on_demand_views: dict[str, OnDemandViewPlan]
+    feature_services: dict[str, FeatureServicePlan]
+    format: int = PLAN_FORMAT
+    path: Path | None = None  # where it was read from or written to (not serialised)
+
+    def feature_view(self, name: str) -> FeatureViewPlan:
+        try:
+            return self.feature_views[name]
+        except KeyError:
+            raise PlanError(f"no feature view {name!r} in project {self.project!r}") from None
+
+    def feature_service(self, name: str) -> FeatureServicePlan:
+        try:
+            return self.feature_services[name]
+        except KeyError:
+            known = ", ".join(sorted(self.feature_services)) or "none"
+            raise PlanError(f"no feature service {name!r} (known: {known})") from None
+
+
+@dataclass(frozen=True)
+class RepoFiles:
+    """Where a repository keeps its config, registry and plan; read from feature_store.yaml."""
+
+    repo: Path
+    config: dict[str, Any]
+
+    @classmethod
+    def locate(cls, repo: Path) -> RepoFiles:
+        config_path = repo / "feature_store.yaml"
+        try:
+            text = config_path.read_text()
+        except OSError as exc:
+            raise PlanError(f"no Feast repository at {repo}: cannot read {config_path}") from exc
+        try:
+            config = yaml.safe_load(os.path.expandvars(text))
+        except yaml.YAMLError as exc:
+            raise PlanError(f"{config_path} is not valid YAML: {exc}") from exc
+        if not isinstance(config, dict) or "project" not in config:
+            raise PlanError(f"{config_path} has no 'project'")
+        return cls(repo=repo.resolve(), config=config)
+
+    @property
+    def project(self) -> str:
+        return str(self.config["project"])
+
+    @property
+    def registry(self) -> Path:
+        registry = self.config.get("registry", "data/registry.db")
+        path = Path(registry["path"] if isinstance(registry, dict) else registry)
+        return path if path.is_absolute() else self.repo / path
+
+    @property
+    def plan(self) -> Path:
+        return self.registry.with_name(PLAN_FILE)
+
+    @property
+    def online_store(self) -> dict[str, Any]:
+        store = self.config.get("online_store") or {}
+        return store if isinstance(store, dict) else {"type": store}
+
+    @property
+    def entity_key_serialization_version(self) -> int:
+        return int(self.config.get("entity_key_serialization_version", 3))
+
+    def registry_fingerprint(self) -> str:
+        try:
+            return hashlib.sha256(self.registry.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise PlanError(
+                f"no Feast registry at {self.registry}: run `carrara apply --repo {self.repo}`"
+            ) from exc
+
+
+def save_plan(plan: ServingPlan, path: Path) -> ServingPlan:
+    """Write atomically: a reader never sees half a plan."""
+    data = asdict(plan)
+    data.pop("path")
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+    return _with_path(plan, path)
+
+
+def load_plan(files: RepoFiles) -> ServingPlan:
+    """The repo's plan, refusing a missing, foreign-format or stale one with the fix to run."""
+    path = files.plan
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(
+            f"no serving plan at {path}: run `carrara apply --repo {files.repo}`"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"unreadable serving plan {path}: {exc}") from exc
+    plan = plan_from_dict(data)
+    if plan.format != PLAN_FORMAT:
+        raise PlanError(f"serving plan {path} has format {plan.format}, expected {PLAN_FORMAT}")
+    if plan.registry_fingerprint != files.registry_fingerprint():
+        raise PlanError(
+            f"serving plan {path} is stale: the registry changed since it was compiled; "
+            f"run `carrara apply --repo {files.repo}`"
+        )
+    return _with_path(plan, path)
+
+
+def plan_is_current(files: RepoFiles) -> bool:
+    try:
+        load_plan(files)
+    except PlanError:
+        return False
+    return True
+
+
+def plan_from_dict(data: dict[str, Any]) -> ServingPlan:
+    try:
+        return ServingPlan(
+            project=data["project"],
+            registry_fingerprint=data["registry_fingerprint"],
+            format=data["format"],
+            feature_views={k: _view_from_dict(v) for k, v in data["feature_views"].items()},
+            on_demand_views={k: _odfv_from_dict(v) for k, v in data["on_demand_views"].items()},
+            feature_services={
+                k: FeatureServicePlan(
+                    name=v["name"],
+                    projections=tuple(
+                        Projection(**{**p, "features": tuple(p["features"])})
+                        for p in v["projections"]
+                    ),
+                )
+                for k, v in data["feature_services"].items()
+            },
+        )
+    except (KeyError, TypeError) as exc:
+        raise PlanError(f"serving plan is malformed ({exc!r}); run `carrara apply` again") from exc
+
+
+def _columns(items: list[dict[str, str]]) -> tuple[Column, ...]:
+    return tuple(Column(**item) for item in items)
+
+
+def _view_from_dict(v: dict[str, Any]) -> FeatureViewPlan:
+    source = v["source"]
+    return FeatureViewPlan(
+        name=v["name"],
+        join_keys=_columns(v["join_keys"]),
+        features=_columns(v["features"]),
+        ttl_s=v["ttl_s"],
+        source=BatchSource(**source) if source else None,
+        online=v["online"],
+    )
+
+
+def _odfv_from_dict(v: dict[str, Any]) -> OnDemandViewPlan:
+    return OnDemandViewPlan(
+        **{
+            **v,
+            "request_fields": _columns(v["request_fields"]),
+            "input_features": tuple(v["input_features"]),
+            "outputs": _columns(v["outputs"]),
+        }
+    )
+
+
+def _with_path(plan: ServingPlan, path: Path) -> ServingPlan:
+    from dataclasses import replace
+
+    return replace(plan, path=path)
