@@ -54,7 +54,14 @@ class NotFoundError(CarraraError):
 
 
 class ModelError(CarraraError):
-    """A model version is corrupt or incompatible with the feature repo."""
+    """A model version is corrupt or incompatible with the feature repo.
+
+    `ref` ("name:version"), when known, is what a client may be told; the message, which can
+    name server paths, goes to the log."""
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
 
 
 class StoreUnavailableError(CarraraError):

@@ -93,6 +93,9 @@ class ModelCard:
     git_revision: str | None
     created_at: datetime
     format: int = CARD_FORMAT
+    # SHA-256 of the model text LightGBM parsed in a child process at registration
+    # (model_text.py); "" for a card written before that check existed
+    checked_sha256: str = ""
 
     def category_codes(self, ref: str, values: Iterable[object]) -> np.ndarray:
         """Float codes for a categorical feature: level index, NaN for unknown or missing."""
@@ -214,6 +217,7 @@ def _card_from_dict(d: dict[str, Any]) -> ModelCard:
         git_revision=None if d["git_revision"] is None else _str(d["git_revision"]),
         created_at=datetime.fromisoformat(d["created_at"]),
         format=int(d["format"]),
+        checked_sha256=_str(d.get("checked_sha256", "")),
     )
 
 

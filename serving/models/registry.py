@@ -38,6 +38,7 @@ from serving.errors import (
 from serving.files import fsync_dir, write_synced
 from serving.models.aliases import AliasState, locked, popped, pushed, read_aliases, write_aliases
 from serving.models.card import ModelCard, model_inputs, read_card
+from serving.models.model_text import check_parses
 from serving.repo.plan import ServingPlan
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ class ModelRegistry:
         infos = []
         for version in self.versions(name):
             try:
-                infos.append(VersionInfo(version, self._verified(name, version)[0]))
+                infos.append(VersionInfo(version, self._checked(name, version)[0]))
             except CarraraError as exc:
                 infos.append(VersionInfo(version, None, str(exc)))
         try:
@@ -164,9 +165,16 @@ class ModelRegistry:
         return self._verified(*self.resolve(ref))[0]
 
     def load(self, ref: str, plan: ServingPlan | None = None) -> LoadedModel:
-        """The booster and card of `ref`, verified; with `plan`, checked against the repo."""
+        """The booster and card of `ref`, verified; with `plan`, checked against the repo.
+        A ModelError carries the version's "name:version" as its `ref`."""
         name, version = self.resolve(ref)
-        card, text = self._verified(name, version)
+        try:
+            return self._load(name, version, plan)
+        except ModelError as exc:
+            raise ModelError(str(exc), ref=f"{name}:{version}") from exc
+
+    def _load(self, name: str, version: int, plan: ServingPlan | None) -> LoadedModel:
+        card, text = self._checked(name, version)
         import lightgbm  # here, not at the top: `models list` and alias polls need no LightGBM
 
         try:
@@ -199,6 +207,7 @@ class ModelRegistry:
         `production` when the model has no production version yet, else `staging`."""
         if not NAME_RE.fullmatch(card.name):
             raise UsageError(f"model name {card.name!r} must match {NAME_RE.pattern}")
+        check_parses(model_text, f"a new version of {card.name}")  # before anything is written
         model_dir = self.root / card.name
         model_dir.mkdir(parents=True, exist_ok=True)
         read_aliases(model_dir)  # refuse early if aliases.json is corrupt
@@ -207,7 +216,9 @@ class ModelRegistry:
         tmp.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
         try:
             write_synced(tmp / MODEL_FILE, model_text)
-            version = self._allocate(model_dir, tmp, replace(card, model_sha256=digest))
+            version = self._allocate(
+                model_dir, tmp, replace(card, model_sha256=digest, checked_sha256=digest)
+            )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         with locked(model_dir):
@@ -237,7 +248,7 @@ class ModelRegistry:
             raise UsageError(f"alias must be one of {', '.join(ALIASES)}, not {alias!r}")
         if version not in self.versions(name):
             raise NotFoundError(f"model {name!r} has no version {version}")
-        self._verified(name, version)
+        self._checked(name, version)
         model_dir = self._model_dir(name)
         with locked(model_dir):
             state = read_aliases(model_dir)
@@ -259,7 +270,7 @@ class ModelRegistry:
                     "nothing to roll back to"
                 )
             try:
-                self._verified(name, history[-2])
+                self._checked(name, history[-2])
             except CarraraError as exc:
                 raise ModelError(
                     f"cannot roll {name}@{alias} back to version {history[-2]}: {exc}"
@@ -275,6 +286,14 @@ class ModelRegistry:
             known = ", ".join(self.names()) or "none"
             raise NotFoundError(f"no model {name!r} (models: {known})")
         return model_dir
+
+    def _checked(self, name: str, version: int) -> tuple[ModelCard, str]:
+        """`_verified`, and the text known to parse: checked in a child process unless the
+        card records that registration checked this very text (model_text.py)."""
+        card, text = self._verified(name, version)
+        if card.checked_sha256 != card.model_sha256:  # _verified: model_sha256 is the text's
+            check_parses(text, f"{name}:{version}")
+        return card, text
 
     def _verified(self, name: str, version: int) -> tuple[ModelCard, str]:
         """The card and model text of a version, refusing any mismatch between them."""

@@ -61,6 +61,7 @@ class Predictor:
         self._metrics = metrics
         self._by_ref: dict[str, ServedModel] = {}
         self._by_version: dict[tuple[str, int], ServedModel] = {}
+        self._broken: dict[tuple[str, int], ModelError] = {}  # until the plan changes
         self._by_pinned_ref: dict[str, ServedModel] = {}  # "eta:3" refs served so far
         self._aliases: dict[str, dict[str, int]] = {}
         self._lookups: dict[tuple[str, tuple[str, ...]], FeatureLookup] = {}
@@ -86,6 +87,10 @@ class Predictor:
 
     def model_names(self) -> list[str]:
         return sorted(self._aliases)
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` (its production alias) is loaded and served."""
+        return name in self._by_ref
 
     def model_infos(self) -> list[ModelInfo]:
         infos = []
@@ -152,6 +157,7 @@ class Predictor:
             if new_plan is not None:
                 self.plan = new_plan
                 self._by_version.clear()  # rebuilt against the new plan
+                self._broken.clear()
                 self._by_pinned_ref = {}
                 self._lookups = {}
             self._by_ref = self._refs(state, previous=self._by_ref)
@@ -210,8 +216,14 @@ class Predictor:
 
     def _load(self, name: str, version: int) -> ServedModel:
         key = (name, version)
+        if key in self._broken:  # versions never change: do not check a broken one again
+            raise self._broken[key]
         if key not in self._by_version:
-            loaded = self._registry.load(f"{name}:{version}", self.plan)
+            try:
+                loaded = self._registry.load(f"{name}:{version}", self.plan)
+            except ModelError as exc:
+                self._broken[key] = exc
+                raise
             self._by_version[key] = build_served_model(
                 loaded, self.plan, self._repo, self._store, self._metrics
             )

@@ -73,6 +73,9 @@ class Server:
         except BaseException:
             self.store.close()
             raise
+        for name in self.predictor.model_names():
+            if not self.predictor.serves(name):
+                log.error("model %s is NOT_SERVING (see above); the other models are served", name)
         self.health = health.HealthServicer()
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="carrara-rpc"),
@@ -137,6 +140,9 @@ class Server:
             status = health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE_NAME):
             self.health.set(service, status)
+        for name in self.predictor.model_names():  # per model: `grpc_health_probe -service eta`
+            served = self.predictor.serves(name)
+            self.health.set(name, status if served else health_pb2.HealthCheckResponse.NOT_SERVING)
         return bool(status == health_pb2.HealthCheckResponse.SERVING)
 
     def _report_absent_views(self) -> None:

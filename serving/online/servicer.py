@@ -163,6 +163,8 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                 recovers=recovers,
             )
             self._metrics.observe(method, label, code.name, time.perf_counter() - started)
+            if isinstance(exc, ModelError) and exc.ref:
+                public = f"model version {exc.ref} is broken on the server; see its log"
             context.abort(code, public or detail)
         except Exception:
             log.exception("%s model=%s status=INTERNAL", method, echo(model))
