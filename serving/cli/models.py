@@ -1,14 +1,15 @@
-"""`carrara models list|show|promote|rollback`: the model registry from the command line."""
+"""`carrara models list|show|promote|rollback|register`: the model registry on the command line."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.cli.arguments import Subparsers, registry_option
+from serving.cli.arguments import Subparsers, registry_option, repo_option
+from serving.cli.card_text import metrics_table, rows_text, total_rows, window_text
 
 if TYPE_CHECKING:
-    from serving.models.card import ModelCard
     from serving.models.registry import ModelRegistry
     from serving.repo.plan import Column
 
@@ -25,7 +26,21 @@ def add(commands: Subparsers) -> None:
     rollback = actions.add_parser("rollback", help="point an alias back at its previous version")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--alias", required=True, help="production or staging")
-    for sub in (listing, show, promote, rollback):
+    register = actions.add_parser(
+        "register", help="register a LightGBM text model trained elsewhere"
+    )
+    register.add_argument("name", metavar="NAME")
+    register.add_argument("--model-file", type=Path, required=True, help="LightGBM's model.txt")
+    register.add_argument(
+        "--feature-service", required=True, help="its features' service; names must match"
+    )
+    register.add_argument("--holdout", type=Path, help="a label table (Parquet) to score")
+    register.add_argument("--label", help="the label column of --holdout")
+    register.add_argument(
+        "--levels", type=Path, help="JSON {ref: [level, ...]} for String features"
+    )
+    repo_option(register)
+    for sub in (listing, show, promote, rollback, register):
         registry_option(sub)
         sub.set_defaults(run=run)
 
@@ -40,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         return _show(registry, args.ref)
     if args.action == "promote":
         return _promote(registry, args.ref, args.alias)
+    if args.action == "register":
+        return _register(registry, args)
     change = registry.rollback(args.name, args.alias)
     print(f"rolled back {change.name}@{change.alias}: version {change.before} -> {change.after}")
     return 0
@@ -62,10 +79,12 @@ def _list(registry: ModelRegistry) -> int:
                 print(f"  {info.version:>4}  BROKEN  {info.problem}")
                 continue
             card = info.card
+            mae = f"{card.metrics.model.mae:.4g}" if card.metrics else "-"
+            rows = total_rows(card)
             print(
                 f"  {info.version:>4}  {tags or '-':<18} {card.created_at:%Y-%m-%d %H:%M} "
-                f"{card.feature_service:<12} holdout MAE {card.metrics.model.mae:.4g}  "
-                f"rows {card.rows.train + card.rows.validation + card.rows.holdout:,}"
+                f"{card.feature_service:<12} holdout MAE {mae}  "
+                f"rows {'-' if rows is None else f'{rows:,}'}"
             )
     return 0
 
@@ -76,14 +95,8 @@ def _show(registry: ModelRegistry, ref: str) -> int:
     aliases = [a for a, v in sorted(registry.aliases(name).items()) if v == version]
     print(f"{name}:{version}" + (f"  ({', '.join(aliases)})" if aliases else ""))
     print(f"  feature service  {card.feature_service}  (label {card.label})")
-    print(
-        f"  window           {card.window.start:%Y-%m-%d %H:%M} .. {card.window.end:%Y-%m-%d %H:%M}"
-        f" UTC, holdout from {card.window.holdout_start:%Y-%m-%d %H:%M}"
-    )
-    print(
-        f"  rows             train {card.rows.train:,}, validation {card.rows.validation:,}, "
-        f"holdout {card.rows.holdout:,}; {card.best_iteration} trees"
-    )
+    print(f"  window           {window_text(card)}")
+    print(f"  rows             {rows_text(card)}; {card.best_iteration} trees")
     print(f"  entities         {_inputs(card.entities)}")
     print(f"  request fields   {_inputs(card.request_fields)}")
     print(f"  features ({len(card.feature_refs)})    {', '.join(card.feature_refs)}")
@@ -102,6 +115,27 @@ def _inputs(columns: tuple[Column, ...]) -> str:
     return ", ".join(f"{c.name} ({c.dtype})" for c in columns) or "none"
 
 
+def _register(registry: ModelRegistry, args: argparse.Namespace) -> int:
+    from serving.training.external import ExternalModel, register_external
+
+    model = ExternalModel(
+        name=args.name,
+        model_file=args.model_file,
+        feature_service=args.feature_service,
+        holdout=args.holdout,
+        label=args.label,
+        levels_file=args.levels,
+    )
+    reg, card = register_external(args.repo, registry, model)
+    print(
+        f"registered {reg.name}:{reg.version} as {reg.name}@{reg.alias} -> {reg.path} "
+        f"({len(card.feature_refs)} features of {card.feature_service})"
+    )
+    for line in metrics_table(card):
+        print(f"  {line}")
+    return 0
+
+
 def _promote(registry: ModelRegistry, ref: str, alias: str) -> int:
     from serving.errors import UsageError
 
@@ -112,17 +146,3 @@ def _promote(registry: ModelRegistry, ref: str, alias: str) -> int:
     before = f"version {change.before}" if change.before is not None else "nothing"
     print(f"promoted {change.name}:{change.after} to {change.alias} (was {before})")
     return 0
-
-
-def metrics_table(card: ModelCard) -> list[str]:
-    """Holdout MAE and RMSE of the model and each baseline, with the model's improvement."""
-    m = card.metrics
-    title = f"holdout ({m.rows:,} rows)"
-    lines = [f"{title:<22}{'MAE':>10} {'RMSE':>10}   model better by (MAE, RMSE)"]
-    lines.append(f"{'model':<22}{m.model.mae:>10.4g} {m.model.rmse:>10.4g}")
-    for name, base in m.baselines.items():
-        gain = m.improvement_pct(name)
-        lines.append(
-            f"{name:<22}{base.mae:>10.4g} {base.rmse:>10.4g}   {gain.mae:+.1f}%, {gain.rmse:+.1f}%"
-        )
-    return lines

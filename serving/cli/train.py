@@ -21,7 +21,7 @@ def add(commands: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.cli.models import metrics_table
+    from serving.cli.card_text import metrics_table, rows_text, total_rows, window_text
     from serving.models.registry import ModelRegistry
     from serving.repo.model_kinds import model_kind
     from serving.training.train import train
@@ -29,14 +29,10 @@ def run(args: argparse.Namespace) -> int:
     spec = model_kind(args.repo, args.kind)  # an unknown kind fails before Feast is imported
     result = train(spec, args.repo, ModelRegistry(args.registry), (args.start, args.end), args.seed)
     card, reg = result.card, result.registration
-    rows = card.rows
     print(
-        f"train {spec.name}: {rows.train + rows.validation + rows.holdout:,} labels "
-        f"{card.window.start:%Y-%m-%d %H:%M} .. {card.window.end:%Y-%m-%d %H:%M} UTC "
-        f"(train {rows.train:,}, validation {rows.validation:,}, holdout {rows.holdout:,} "
-        f"from {card.window.holdout_start:%Y-%m-%d %H:%M}); "
-        f"retrieval {result.retrieval_s:.1f} s, training {result.training_s:.1f} s, "
-        f"{card.best_iteration} trees"
+        f"train {spec.name}: {total_rows(card) or 0:,} labels, {window_text(card)} "
+        f"({rows_text(card)}); retrieval {result.retrieval_s:.1f} s, "
+        f"training {result.training_s:.1f} s, {card.best_iteration} trees"
     )
     for line in metrics_table(card):
         print(f"  {line}")

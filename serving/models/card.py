@@ -71,6 +71,26 @@ class RowCounts:
 
 
 @dataclass(frozen=True)
+class ScorerRecord:
+    """Which scorer serves a version and why (serving/models/verification.py).
+
+    Written at registration; a load trusts it only while `trees_sha256`, `method` and
+    `library_versions` still describe what it would verify, else it verifies again.
+    """
+
+    scorer: str  # "lignum" (proven equal to Booster.predict) or "lightgbm" (LightGBM itself)
+    reason: str  # why, in words: what was verified, or what lignum got wrong or refused
+    model_sha256: str  # of model.txt, as the card's
+    trees_sha256: str  # of the trees Booster.predict uses (model.txt cut at best_iteration)
+    library_versions: dict[str, str]  # lightgbm and pylignum, as verified
+    method: str  # the verification's own version: another method verifies again
+    clip_infinities: bool = False  # lignum is given +-inf as +-the largest finite double
+    splits: int = 0  # splits verified (every split a row can reach)
+    inputs: int = 0  # input rows the verification scored both ways
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: int
@@ -81,9 +101,9 @@ class ModelCard:
     categorical_levels: dict[str, tuple[str, ...]]  # ref -> ordered levels (code = index)
     entities: tuple[Column, ...]  # join keys a caller sends
     request_fields: tuple[Column, ...]  # request-time inputs a caller sends
-    window: TrainingWindow
-    rows: RowCounts
-    metrics: HoldoutMetrics
+    window: TrainingWindow | None  # None: registered from elsewhere, window unknown
+    rows: RowCounts | None  # likewise
+    metrics: HoldoutMetrics | None  # None: no holdout was scored
     data_fingerprint: str  # SHA-256 of the training frame (labels + features)
     model_sha256: str  # SHA-256 of model.txt
     registry_fingerprint: str  # of the Feast registry the features were resolved against
@@ -96,6 +116,7 @@ class ModelCard:
     # SHA-256 of the model text LightGBM parsed in a child process at registration
     # (model_text.py); "" for a card written before that check existed
     checked_sha256: str = ""
+    scorer: ScorerRecord | None = None  # None: a card written before scorers were recorded
 
     def category_codes(self, ref: str, values: Iterable[object]) -> np.ndarray:
         """Float codes for a categorical feature: level index, NaN for unknown or missing."""
@@ -201,9 +222,13 @@ def _card_from_dict(d: dict[str, Any]) -> ModelCard:
         categorical_levels=levels,
         entities=_columns(d["entities"]),
         request_fields=_columns(d["request_fields"]),
-        window=TrainingWindow(**{k: datetime.fromisoformat(v) for k, v in d["window"].items()}),
-        rows=RowCounts(**{k: int(v) for k, v in d["rows"].items()}),
-        metrics=HoldoutMetrics(
+        window=None
+        if d["window"] is None
+        else TrainingWindow(**{k: datetime.fromisoformat(v) for k, v in d["window"].items()}),
+        rows=None if d["rows"] is None else RowCounts(**{k: int(v) for k, v in d["rows"].items()}),
+        metrics=None
+        if m is None
+        else HoldoutMetrics(
             rows=int(m["rows"]),
             model=_metrics(m["model"]),
             baselines={_str(k): _metrics(v) for k, v in m["baselines"].items()},
@@ -218,6 +243,22 @@ def _card_from_dict(d: dict[str, Any]) -> ModelCard:
         created_at=datetime.fromisoformat(d["created_at"]),
         format=int(d["format"]),
         checked_sha256=_str(d.get("checked_sha256", "")),
+        scorer=None if d.get("scorer") is None else _scorer_record(d["scorer"]),
+    )
+
+
+def _scorer_record(d: Mapping[str, Any]) -> ScorerRecord:
+    return ScorerRecord(
+        scorer=_str(d["scorer"]),
+        reason=_str(d["reason"]),
+        model_sha256=_str(d["model_sha256"]),
+        trees_sha256=_str(d["trees_sha256"]),
+        library_versions={_str(k): _str(v) for k, v in d["library_versions"].items()},
+        method=_str(d["method"]),
+        clip_infinities=d.get("clip_infinities", False) is True,
+        splits=int(d.get("splits", 0)),
+        inputs=int(d.get("inputs", 0)),
+        seconds=float(d.get("seconds", 0.0)),
     )
 
 

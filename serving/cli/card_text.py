@@ -1,0 +1,46 @@
+"""A model card as the command line shows it: window, rows, holdout table, scorer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.models.card import ModelCard
+
+
+def window_text(card: ModelCard) -> str:
+    w = card.window
+    if w is None:
+        return "unknown (registered from elsewhere)"
+    return (
+        f"{w.start:%Y-%m-%d %H:%M} .. {w.end:%Y-%m-%d %H:%M} UTC, "
+        f"holdout from {w.holdout_start:%Y-%m-%d %H:%M}"
+    )
+
+
+def rows_text(card: ModelCard) -> str:
+    r = card.rows
+    if r is None:
+        return "unknown"
+    return f"train {r.train:,}, validation {r.validation:,}, holdout {r.holdout:,}"
+
+
+def total_rows(card: ModelCard) -> int | None:
+    r = card.rows
+    return None if r is None else r.train + r.validation + r.holdout
+
+
+def metrics_table(card: ModelCard) -> list[str]:
+    """Holdout MAE and RMSE of the model and each baseline, with the model's improvement."""
+    m = card.metrics
+    if m is None:
+        return ["holdout: none scored (register with --holdout FILE --label COLUMN)"]
+    title = f"holdout ({m.rows:,} rows)"
+    lines = [f"{title:<22}{'MAE':>10} {'RMSE':>10}   model better by (MAE, RMSE)"]
+    lines.append(f"{'model':<22}{m.model.mae:>10.4g} {m.model.rmse:>10.4g}")
+    for name, base in m.baselines.items():
+        gain = m.improvement_pct(name)
+        lines.append(
+            f"{name:<22}{base.mae:>10.4g} {base.rmse:>10.4g}   {gain.mae:+.1f}%, {gain.rmse:+.1f}%"
+        )
+    return lines
