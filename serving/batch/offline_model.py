@@ -18,7 +18,7 @@ Invariants:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,7 @@ from serving.inference.served_model import Prediction
 from serving.models.card import NUMERIC_DTYPES, ModelCard, category_codes
 from serving.models.registry import LoadedModel
 from serving.models.scorer import Scorer
-from serving.repo.plan import Column, Projection, ServingPlan
-
-Columns = Mapping[str, Any]  # column name -> numpy array, one value per row
+from serving.repo.plan import Column, ColumnValues, Projection, ServingPlan
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,7 +48,7 @@ class ProjectionJoin:
     values: npt.NDArray[np.float64]  # (table rows + 1, features); the last row is all NaN
     positions: npt.NDArray[np.intp]  # the model input column of each feature
 
-    def fill(self, matrix: np.ndarray, entities: Columns, at_ns: np.ndarray) -> None:
+    def fill(self, matrix: np.ndarray, entities: ColumnValues, at_ns: np.ndarray) -> None:
         rows = self.table.match([entities[c] for c in self.key_columns], at_ns)
         matrix[:, self.positions] = self.values[rows]  # row -1: the NaN row
 
@@ -78,7 +76,7 @@ class OfflineModel:
         return self.card.request_fields
 
     def features(
-        self, entities: Columns, request_data: Columns, at_ns: np.ndarray, rows: int
+        self, entities: ColumnValues, request_data: ColumnValues, at_ns: np.ndarray, rows: int
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int32]]:
         """The (rows, features) input matrix as of `at_ns` (int64 ns, UTC) and missing counts."""
         matrix = np.full((rows, len(self.card.feature_refs)), math.nan)
@@ -90,7 +88,7 @@ class OfflineModel:
         return matrix, missing
 
     def predict(
-        self, entities: Columns, request_data: Columns, at_ns: np.ndarray, rows: int
+        self, entities: ColumnValues, request_data: ColumnValues, at_ns: np.ndarray, rows: int
     ) -> Prediction:
         matrix, missing = self.features(entities, request_data, at_ns, rows)
         return Prediction(self.scorer.score(matrix), missing, matrix)

@@ -15,20 +15,18 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from serving.inference.on_demand_steps import OnDemandStep, on_demand_steps
 from serving.models.registry import LoadedModel
 from serving.models.scorer import Scorer
-from serving.repo.plan import Column, ServingPlan
+from serving.repo.plan import Column, ColumnValues, ServingPlan
 from serving.store import codec
 from serving.store.online_store import OnlineStore
 from serving.store.read_plan import ReadPlan, build_read_plan
 from serving.store.reads import Status
-
-RequestColumns = Mapping[str, Any]  # request column -> one value per row (a list or numpy array)
 
 
 class ReadObserver(Protocol):
@@ -69,7 +67,7 @@ class ServedModel:
     observer: ReadObserver
 
     def predict(
-        self, entities: RequestColumns, request_data: RequestColumns, rows: int, timeout_s: float
+        self, entities: ColumnValues, request_data: ColumnValues, rows: int, timeout_s: float
     ) -> Prediction:
         started = time.perf_counter()
         read = self.store.read(self.read_plan, entities, timeout_s=timeout_s)

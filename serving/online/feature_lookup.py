@@ -8,18 +8,15 @@ with its type's default (NaN for floats, 0, "" or false otherwise), as the wire 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from serving.errors import InvalidRequestError, NotFoundError, PlanError, echo
-from serving.repo.plan import Column, Projection, ServingPlan
+from serving.repo.plan import Column, ColumnValues, Projection, ServingPlan
 from serving.store.online_store import OnlineStore
 from serving.store.read_plan import ReadPlan, build_read_plan
-
-Columns = Mapping[str, Sequence[Any]]  # request column -> one value per row
 
 SCALAR_DTYPES = frozenset(
     {"Int32", "Int64", "UnixTimestamp", "Float32", "Float64", "String", "Bool"}
@@ -51,7 +48,7 @@ class FeatureLookup:
     read_plan: ReadPlan
     store: OnlineStore
 
-    def read(self, entities: Columns, rows: int, timeout_s: float) -> list[FeatureValues]:
+    def read(self, entities: ColumnValues, rows: int, timeout_s: float) -> list[FeatureValues]:
         raw = self.store.read_raw(self.read_plan, entities, timeout_s=timeout_s)
         columns = []
         for i, (name, dtype) in enumerate(

@@ -27,7 +27,7 @@ from serving.errors import (
 )
 from serving.online.metrics import ServerMetrics
 from serving.online.throttled_log import ThrottledLog
-from serving.online.wire import read_columns, to_values, wire_type
+from serving.online.wire import read_columns, values_message, wire_type
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 
@@ -114,7 +114,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                     pb.FeatureColumn(
                         name=column.name,
                         type=wire_type(column.dtype),
-                        values=to_values(column.values, column.dtype),
+                        values=values_message(column.values, column.dtype),
                         event_timestamps_us=column.event_timestamps_us.tolist(),
                         statuses=WIRE_STATUS[column.statuses].tolist(),
                     )

@@ -22,8 +22,6 @@ from serving.errors import InvalidRequestError, echo
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.repo.plan import Column
 
-Columns = dict[str, list[Any]]
-
 # Feast dtype -> (accepted Values kinds, wire ValueType)
 _KINDS: dict[str, tuple[tuple[str, ...], pb.ValueType]] = {
     "Int64": (("int64_values",), pb.INT64),
@@ -51,9 +49,9 @@ def wire_type(dtype: str) -> pb.ValueType:
 
 def read_columns(
     section: str, values: Mapping[str, pb.Values], expected: Sequence[Column], max_rows: int
-) -> tuple[Columns, int]:
+) -> tuple[dict[str, list[Any]], int]:
     """Typed columns for `expected` fields of a request map, and the common row count."""
-    columns: Columns = {}
+    columns: dict[str, list[Any]] = {}
     for column in expected:
         given = values.get(column.name)  # never `values[name]`: a protobuf map would insert it
         if given is None:
@@ -107,7 +105,7 @@ def _to_list(section: str, name: str, values: pb.Values, dtype: str) -> list[Any
     return column
 
 
-def to_values(array: np.ndarray, dtype: str) -> pb.Values:
+def values_message(array: np.ndarray, dtype: str) -> pb.Values:
     """A column back onto the wire (GetOnlineFeatures)."""
     wire = wire_type(dtype)
     if wire == pb.INT64:

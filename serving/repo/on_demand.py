@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 
 from serving.errors import InvalidRequestError, PlanError
-from serving.repo.plan import OnDemandViewPlan
+from serving.repo.plan import ColumnValues, OnDemandViewPlan
 
-Columns = Mapping[str, Any]
-Transform = Callable[[Columns], Mapping[str, Any]]
+Transform = Callable[[ColumnValues], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,7 @@ class OnDemandView:
     plan: OnDemandViewPlan
     transform: Transform
 
-    def compute(self, inputs: Columns, rows: int) -> dict[str, np.ndarray]:
+    def compute(self, inputs: ColumnValues, rows: int) -> dict[str, np.ndarray]:
         """Outputs as float64 columns of `rows` values; a failing function names the view."""
         try:
             outputs = self.transform(inputs)
@@ -84,7 +83,7 @@ def _rebuild_udf(plan: OnDemandViewPlan) -> Transform:
     exec(compile(body, f"<on-demand view {plan.name}>", "exec"), namespace)  # trusted repo code
     udf = namespace[plan.udf_name]
 
-    def call_with_lists(inputs: Columns) -> Mapping[str, Any]:
+    def call_with_lists(inputs: ColumnValues) -> Mapping[str, Any]:
         result: Mapping[str, Any] = udf({k: list(v) for k, v in inputs.items()})
         return result
 

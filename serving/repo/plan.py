@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ from serving.files import write_atomic
 
 PLAN_FORMAT = 1
 PLAN_FILE = "carrara_plan.json"
+
+
+# Columns of rows by name: one value per row (a list or a numpy array), as requests, batch
+# inputs and on-demand functions hold them.
+ColumnValues = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
