@@ -7,9 +7,10 @@ redacted URL (never the password).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import ssl
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 import redis
@@ -22,17 +23,32 @@ READ_TIMEOUT_S = 1.0
 READ_BUFFER_BYTES = 1 << 16
 
 
+class Connection(Protocol):
+    """What reads and writes need of a connection, whatever the topology."""
+
+    settings: RedisSettings
+
+    def ping(self, timeout_s: float = READ_TIMEOUT_S) -> None: ...
+
+    def close(self) -> None: ...
+
+    def exchange_keyed(
+        self, keys: Sequence[bytes], commands: Sequence[bytes], timeout_s: float
+    ) -> list[Any]: ...
+
+    def node_clients(self) -> list[Any]: ...
+
+    def unavailable(self, exc: Exception) -> StoreUnavailableError: ...
+
+
 class RedisConnection:
-    """One Redis server: a plain connection pool plus the reading threads' own links."""
+    """One Redis server (named directly, or the master a Sentinel names): a plain connection
+    pool for writes plus the reading threads' own links."""
 
     def __init__(self, settings: RedisSettings) -> None:
-        if settings.cluster:
-            raise UsageError("Redis Cluster (redis_type: redis_cluster) is not supported yet")
         self.settings = settings
-        self._pool = redis.ConnectionPool.from_url(  # writes; its settings make read links too
-            settings.url, socket_timeout=READ_TIMEOUT_S, socket_connect_timeout=READ_TIMEOUT_S
-        )
-        self._links = PerThread(lambda: _Link(self._new_connection))  # one per thread
+        self._pool = _pool(settings)  # writes; its settings make read links too
+        self._links = PerThread(lambda: Link(self._new_connection))  # one per thread
 
     def ping(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         self.exchange(b"*1\r\n$4\r\nPING\r\n", 1, timeout_s)
@@ -50,6 +66,12 @@ class RedisConnection:
             return self._links.get().exchange(packed, replies, timeout_s)
         except redis.RedisError as exc:
             raise self.unavailable(exc) from exc
+
+    def exchange_keyed(
+        self, keys: Sequence[bytes], commands: Sequence[bytes], timeout_s: float
+    ) -> list[Any]:
+        """One command per key (RESP bytes), pipelined; the replies in order."""
+        return self.exchange(b"".join(commands), len(commands), timeout_s)
 
     @contextmanager
     def checkout(self, timeout_s: float) -> Iterator[Any]:
@@ -71,22 +93,54 @@ class RedisConnection:
         finally:
             self._pool.release(conn)
 
-    def client(self) -> redis.Redis:
-        """A redis-py client on the pool, for occasional commands off the request path."""
-        return redis.Redis(connection_pool=self._pool)
+    def node_clients(self) -> list[Any]:
+        """redis-py clients, one per master, for occasional commands off the request path."""
+        return [redis.Redis(connection_pool=self._pool)]
 
-    def unavailable(self, exc: redis.RedisError) -> StoreUnavailableError:
-        return StoreUnavailableError(f"Redis at {self.settings.redacted_url}: {exc}")
+    def unavailable(self, exc: Exception) -> StoreUnavailableError:
+        return StoreUnavailableError(f"{self.settings.describe()}: {describe_error(exc)}")
 
     def _new_connection(self) -> Any:
         return self._pool.connection_class(**self._pool.connection_kwargs)
 
 
-class _Link:
-    """One thread's read connection. redis-py connects it (URL, AUTH, SELECT, TLS); the
-    exchange then writes the pipeline to its socket and parses every reply with one hiredis
-    reader. The pool's checkout (a poll() per call) and redis-py's per-reply read_response
-    cost more than the round trip itself at 100 rows (~300 replies).
+def connect(settings: RedisSettings) -> Connection:
+    """The connection for the settings' topology (a cluster gets serving/store/cluster.py's)."""
+    if settings.cluster:
+        from serving.store.cluster import ClusterConnection
+
+        return ClusterConnection(settings)
+    return RedisConnection(settings)
+
+
+def _pool(settings: RedisSettings) -> Any:
+    timeouts = {"socket_timeout": READ_TIMEOUT_S, "socket_connect_timeout": READ_TIMEOUT_S}
+    kwargs = settings.connection_kwargs() | timeouts
+    try:
+        if settings.topology == "sentinel":
+            from redis import sentinel as redis_sentinel
+
+            sentinel: Any = redis_sentinel.Sentinel(list(settings.nodes), **kwargs)  # type: ignore[no-untyped-call]
+            return sentinel.master_for(settings.sentinel_master).connection_pool
+        kwargs.pop("ssl", None)  # the URL's scheme says it (rediss://)
+        return redis.ConnectionPool.from_url(settings.url, **kwargs)
+    except (TypeError, ValueError) as exc:  # an option redis-py does not take
+        raise UsageError(f"{settings.describe()}: bad connection option: {exc}") from None
+
+
+def describe_error(exc: Exception) -> str:
+    """A redis error in a line, saying so when TLS is what failed."""
+    text = str(exc)
+    if isinstance(exc, ssl.SSLError) or "SSL" in text or "certificate" in text:
+        return f"TLS failed ({text}): is the server serving TLS, with this CA?"
+    return text
+
+
+class Link:
+    """One thread's connection to one Redis server. redis-py connects it (URL, AUTH, SELECT,
+    TLS); the exchange then writes the pipeline to its socket and parses every reply with one
+    hiredis reader. The pool's checkout (a poll() per call) and redis-py's per-reply
+    read_response cost more than the round trip itself at 100 rows (~300 replies).
 
     A link used before may find that Redis restarted meanwhile: a connection error on it is
     retried once on a new connection (reads are idempotent; a timeout is not retried). Any
@@ -100,9 +154,10 @@ class _Link:
         self._timeout_s: float | None = None
 
     def exchange(self, packed: bytes, count: int, timeout_s: float) -> list[Any]:
+        """Send and receive; the first error reply is raised as redis.ResponseError."""
         reused = self._reader is not None
         try:
-            return self._exchange(packed, count, timeout_s)
+            return _raise_reply_error(self._exchange(packed, count, timeout_s))
         except redis.ConnectionError:
             self.close()
             if not reused:
@@ -111,17 +166,29 @@ class _Link:
             self.close()
             raise
         try:
-            return self._exchange(packed, count, timeout_s)
+            return _raise_reply_error(self._exchange(packed, count, timeout_s))
         except BaseException:
             self.close()
             raise
 
     def _exchange(self, packed: bytes, count: int, timeout_s: float) -> list[Any]:
+        self.send(packed, timeout_s)
+        return self.receive(count, timeout_s)
+
+    def send(self, packed: bytes, timeout_s: float) -> None:
+        try:
+            self._socket(timeout_s).sendall(packed)
+        except TimeoutError as exc:  # socket.timeout
+            raise redis.TimeoutError(f"Timeout after {timeout_s:g} s writing to Redis") from exc
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
+
+    def receive(self, count: int, timeout_s: float) -> list[Any]:
+        """`count` replies; error replies are hiredis.ReplyError values among them."""
         sock = self._socket(timeout_s)
         reader, buffer = self._reader, self._buffer
         replies: list[Any] = []
         try:
-            sock.sendall(packed)
             while len(replies) < count:
                 reply = reader.gets()
                 if reply is False:
@@ -135,13 +202,12 @@ class _Link:
             raise redis.TimeoutError(f"Timeout after {timeout_s:g} s reading from Redis") from exc
         except (OSError, hiredis.ProtocolError) as exc:
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
-        if hiredis.ReplyError in map(type, replies):
-            error = next(r for r in replies if isinstance(r, hiredis.ReplyError))
-            raise redis.ResponseError(str(error))
         return replies
 
     def _socket(self, timeout_s: float) -> Any:
         if self._reader is None:
+            # the caller's deadline bounds the connect and a TLS handshake too
+            self._conn.socket_connect_timeout = min(timeout_s, READ_TIMEOUT_S)
             self._conn.connect()  # raises redis.ConnectionError / TimeoutError
             self._reader = hiredis.Reader()
             self._timeout_s = None
@@ -154,3 +220,10 @@ class _Link:
     def close(self) -> None:
         self._reader = None
         self._conn.disconnect()
+
+
+def _raise_reply_error(replies: list[Any]) -> list[Any]:
+    if hiredis.ReplyError in map(type, replies):
+        error = next(r for r in replies if isinstance(r, hiredis.ReplyError))
+        raise redis.ResponseError(str(error))
+    return replies

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from serving.store import reads, writes
-from serving.store.connection import READ_TIMEOUT_S, RedisConnection
+from serving.store.connection import READ_TIMEOUT_S, connect
 from serving.store.read_plan import ReadPlan
 from serving.store.reads import OnlineRead, RawRead
 from serving.store.settings import RedisSettings
@@ -23,7 +23,7 @@ class OnlineStore:
     def __init__(self, settings: RedisSettings, project: str) -> None:
         self.settings = settings
         self.project = project
-        self.connection = RedisConnection(settings)
+        self.connection = connect(settings)
 
     def ping(self, timeout_s: float = READ_TIMEOUT_S) -> None:
         self.connection.ping(timeout_s)

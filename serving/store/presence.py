@@ -48,24 +48,21 @@ def absent_views(
     prefixes = {v.name: codec.entity_key_prefix([c.name for c in v.join_keys]) for v in views}
     candidates: dict[str, list[bytes]] = {v.name: [] for v in views}
     found: set[str] = set()
-    client: Any = store.connection.client()  # redis-py's types mix sync and async
-    cursor, seen, complete = 0, 0, False
+    seen, complete = 0, True
     try:
-        while seen < scan_budget:
-            cursor, keys = client.scan(cursor=cursor, count=SCAN_COUNT)
-            seen += len(keys)
-            for key in keys:
-                if not key.endswith(suffix):
-                    continue
-                for name, prefix in prefixes.items():
-                    if name not in found and key.startswith(prefix):
-                        candidates[name].append(key)
-            found |= _holding(client, candidates)
-            if cursor == 0:
-                complete = True
-                break
-            if len(found) == len(views):
-                break
+        for client in store.connection.node_clients():  # a cluster: each master in turn
+            cursor = None
+            while cursor != 0 and seen < scan_budget and len(found) < len(views):
+                cursor, keys = client.scan(cursor=cursor or 0, count=SCAN_COUNT)
+                seen += len(keys)
+                for key in keys:
+                    if not key.endswith(suffix):
+                        continue
+                    for name, prefix in prefixes.items():
+                        if name not in found and key.startswith(prefix):
+                            candidates[name].append(key)
+                found |= _holding(client, candidates)
+            complete = complete and cursor == 0
     except redis.RedisError as exc:
         raise store.connection.unavailable(exc) from exc
     return [Absence(v.name, seen, complete) for v in views if v.name not in found]

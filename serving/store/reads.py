@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from serving.errors import DataError, InvalidRequestError
 from serving.store import codec
-from serving.store.connection import READ_TIMEOUT_S, RedisConnection
+from serving.store.connection import READ_TIMEOUT_S, Connection
 from serving.store.read_plan import NUMERIC_DTYPES, FeatureRead, KeyGroup, ReadPlan
 
 VECTOR_DECODE_FROM = 512  # values per read from which numpy decodes faster than a Python loop
@@ -59,7 +59,7 @@ class RawRead:
 
 
 def read(
-    connection: RedisConnection,
+    connection: Connection,
     plan: ReadPlan,
     entities: Mapping[str, Sequence[Any]],
     now_s: float | None = None,
@@ -106,7 +106,7 @@ def read(
 
 
 def read_raw(
-    connection: RedisConnection,
+    connection: Connection,
     plan: ReadPlan,
     entities: Mapping[str, Sequence[Any]],
     now_s: float | None = None,
@@ -131,25 +131,25 @@ def read_raw(
 
 
 def _fetch(
-    connection: RedisConnection,
+    connection: Connection,
     plan: ReadPlan,
     entities: Mapping[str, Sequence[Any]],
     timeout_s: float | None,
 ) -> tuple[int, list[list[list[bytes | None]]]]:
     """One pipeline, an HMGET per distinct key of each group; replies per group and row."""
     n, columns = _entity_columns(plan, entities)
-    packed: list[bytes] = []
+    keys: list[bytes] = []
+    commands: list[bytes] = []
     layout = []
-    count = 0
     for group in plan.groups:
         index: dict[bytes, int] = {}
         inverse = [index.setdefault(k, len(index)) for k in _encode_keys(group, columns)]
-        layout.append((count, inverse if len(index) < n else None))
-        count += len(index)
+        layout.append((len(keys), inverse if len(index) < n else None))
         head, tail = group.hmget_head, group.hmget_fields
-        for key in index:  # RESP by hand: redis-py packs ~10x slower per command
-            packed += (head, b"$%d\r\n" % len(key), key, b"\r\n", tail)
-    replies = connection.exchange(b"".join(packed), count, timeout_s or READ_TIMEOUT_S)
+        keys += index
+        # RESP by hand: redis-py packs ~10x slower per command
+        commands += [b"%s$%d\r\n%s\r\n%s" % (head, len(k), k, tail) for k in index]
+    replies = connection.exchange_keyed(keys, commands, timeout_s or READ_TIMEOUT_S)
     return n, [
         replies[at : at + n] if inverse is None else [replies[at + u] for u in inverse]
         for at, inverse in layout

@@ -8,6 +8,7 @@ can be simulated and recovered from.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -117,3 +118,113 @@ def private_redis(
         yield server
     finally:
         server.stop()
+
+
+CLUSTER_PORT_MAX = 55535  # a cluster node's bus port is its port + 10000
+CLUSTER_READY_TIMEOUT_S = 30.0
+
+
+class LocalCluster:
+    """A private Redis Cluster: `masters` masters with `replicas` replicas each, on loopback."""
+
+    def __init__(self, nodes: list[RedisProcess], replicas: int) -> None:
+        self.nodes = nodes
+        self.replicas = replicas
+
+    @property
+    def connection_string(self) -> str:
+        """Feast's `connection_string` for the cluster: every node."""
+        return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def create(self) -> None:
+        binary = shutil.which("redis-cli")
+        if binary is None:
+            raise UsageError(
+                "redis-cli is not installed (it comes with redis-server / redis-tools)"
+            )
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        replicas = ("--cluster-replicas", str(self.replicas))
+        subprocess.run(
+            [binary, "--cluster", "create", *addresses, *replicas, "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=CLUSTER_READY_TIMEOUT_S,
+        )
+        self.wait_until_ok()
+
+    def wait_until_ok(self, timeout_s: float = CLUSTER_READY_TIMEOUT_S) -> None:
+        """Until every running node says cluster_state:ok and knows every slot."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(self._node_ok(n) for n in self.nodes if n.process is not None):
+                return
+            time.sleep(0.05)
+        raise OSError(f"the cluster was not ok within {timeout_s:g} s")
+
+    def masters(self) -> list[RedisProcess]:
+        return [n for n in self.nodes if n.process is not None and self._role(n) == "master"]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @staticmethod
+    def _node_ok(node: RedisProcess) -> bool:
+        client = redis.Redis(port=node.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            info = str(client.execute_command("CLUSTER", "INFO"))  # type: ignore[no-untyped-call]
+            return "cluster_state:ok" in info and "cluster_slots_ok:16384" in info
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    @staticmethod
+    def _role(node: RedisProcess) -> str:
+        client = redis.Redis(port=node.port, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            return str(cast(dict[str, Any], client.info("replication"))["role"])
+        finally:
+            client.close()
+
+
+def cluster_port() -> int:
+    """A free port whose bus port (+10000) is free too, both at most 65535."""
+    for _attempt in range(200):
+        port = free_port()
+        if port <= CLUSTER_PORT_MAX and _bindable(port + 10000):
+            return port
+    raise OSError("no free port pair for a cluster node")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def private_cluster(workdir: Path, masters: int = 3, replicas: int = 1) -> Iterator[LocalCluster]:
+    """A started and created cluster, stopped (every node, by pid) on exit."""
+    nodes: list[RedisProcess] = []
+    cluster = LocalCluster(nodes, replicas)
+    try:
+        for i in range(masters * (1 + replicas)):
+            port = cluster_port()
+            node = RedisProcess(
+                workdir / f"node{i}",
+                port,
+                extra_args=(
+                    *("--cluster-enabled", "yes", "--cluster-node-timeout", "1000"),
+                    *("--cluster-config-file", f"nodes-{port}.conf"),
+                ),
+            )
+            nodes.append(node)
+            node.start()
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -125,10 +125,16 @@ class FramedRows:
 
     keys: Sequence[bytes]
     rows: bytes
+    ends: Sequence[int]  # where each row's frame ends in `rows`
 
     @classmethod
     def of(cls, batch: RowBatch) -> FramedRows:
-        return cls(batch.keys, frame_rows(batch.event_ts, batch.values)[0])
+        rows, ends = frame_rows(batch.event_ts, batch.values)
+        return cls(batch.keys, rows, ends.tolist())
+
+    def row(self, i: int) -> bytes:
+        """Row i's frame alone (a cluster writes each key by itself)."""
+        return self.rows[self.ends[i - 1] if i else 0 : self.ends[i]]
 
 
 def framed_batches(
@@ -141,10 +147,12 @@ def framed_batches(
     framed, ends = frame_rows(event_ts, values)
     if len(keys) != len(ends):
         raise ValueError(f"{len(keys)} keys for {len(ends)} rows")
-    bounds = [0, *ends.tolist()]
+    bounds: list[int] = [0, *ends.tolist()]
     for first in range(0, len(keys), size):
         last = min(len(keys), first + size)
-        yield FramedRows(keys[first:last], framed[bounds[first] : bounds[last]])
+        start = bounds[first]
+        row_ends = [end - start for end in bounds[first + 1 : last + 1]]
+        yield FramedRows(keys[first:last], framed[start : bounds[last]], row_ends)
 
 
 def frame_rows(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +18,7 @@ FINITE = st.floats(allow_nan=False, allow_infinity=False)
 EXPECTED = (Column("driver_id", "Int64"), Column("lat", "Float64"), Column("kind", "String"))
 
 
-def values(kind: str, items: list[object]) -> pb.Values:
+def values(kind: str, items: Sequence[object]) -> pb.Values:
     lists = {
         "int64_values": pb.Int64List,
         "double_values": pb.DoubleList,
@@ -79,7 +81,7 @@ def test_the_column_with_a_different_length_is_named(n: int, short: int, victim:
         ({"driver_id": values("string_values", ["x"])}, "entities.driver_id must be int64"),
         (
             {"driver_id": values("int64_values", [1]), "extra": values("int64_values", [1])},
-            "entities.extra is not an input",
+            "entities: 'extra' is not an input",
         ),
         ({}, "entities.driver_id is missing"),
         ({"driver_id": values("int64_values", [])}, "no rows"),

@@ -7,23 +7,60 @@ from pathlib import Path
 import pytest
 
 from serving.errors import UsageError
-from serving.store.settings import ENV_REDIS_URL, feast_connection_url, redact, redis_settings
+from serving.store.settings import ENV_REDIS_URL, feast_settings, redact, redis_settings
 
 
 @pytest.mark.parametrize(
-    ("connection_string", "url"),
+    ("connection_string", "url", "username", "password"),
     [
-        ("localhost:6379", "redis://localhost:6379/0"),
-        ("127.0.0.1:7000,db=3", "redis://127.0.0.1:7000/3"),
+        ("localhost:6379", "redis://localhost:6379/0", None, None),
+        ("127.0.0.1:7000,db=3", "redis://127.0.0.1:7000/3", None, None),
         (
-            "redis.internal:6380,ssl=true,password=p@ss/w",
-            "rediss://:p%40ss%2Fw@redis.internal:6380/0",
+            "redis.internal:6380,ssl=true,password=p@ss/w,username=app",
+            "rediss://redis.internal:6380/0",
+            "app",
+            "p@ss/w",
         ),
-        ("h1:1,h2:2", "redis://h1:1/0"),
+        ("h1:1,h2:2", "redis://h1:1/0", None, None),
     ],
 )
-def test_feast_connection_string_becomes_a_url(connection_string: str, url: str) -> None:
-    assert feast_connection_url(connection_string) == url
+def test_feast_connection_string_is_read_as_feast_reads_it(
+    connection_string: str, url: str, username: str | None, password: str | None
+) -> None:
+    settings = feast_settings(connection_string)
+    assert (settings.url, settings.username, settings.password) == (url, username, password)
+    assert password is None or password not in repr(settings)
+    assert password is None or password not in settings.describe()
+
+
+def test_cluster_and_sentinel_settings_keep_every_node() -> None:
+    cluster = feast_settings("a:1,b:2,c:3,ssl=true,password=x", "redis_cluster")
+    assert cluster.topology == "cluster" and cluster.nodes == (("a", 1), ("b", 2), ("c", 3))
+    assert cluster.options == {"ssl": True}
+    assert cluster.connection_kwargs() == {"ssl": True, "password": "x"}
+    sentinel = feast_settings("s1:26379,s2:26379", "redis_sentinel", "primary")
+    assert (sentinel.topology, sentinel.sentinel_master) == ("sentinel", "primary")
+    with pytest.raises(UsageError, match="redis_type 'redis_ring'"):
+        feast_settings("a:1", "redis_ring")
+    with pytest.raises(UsageError, match="'a' is not host:port"):
+        feast_settings("a", "redis_cluster")
+
+
+def test_secrets_from_the_environment_beat_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = write_repo(tmp_path, "  type: redis\n  connection_string: h:1,password=yaml\n")
+    assert redis_settings(repo).password == "yaml"
+    secret = tmp_path / "secret"
+    secret.write_text("from-file\n")
+    monkeypatch.setenv("CARRARA_REDIS_PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("CARRARA_REDIS_USERNAME", "acl-user")
+    settings = redis_settings(repo, "redis://:url@h:2/0")
+    assert (settings.username, settings.password, settings.url) == (
+        "acl-user",
+        "from-file",
+        "redis://h:2/0",
+    )
 
 
 def test_redact_hides_the_password_only() -> None:

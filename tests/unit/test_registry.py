@@ -169,7 +169,11 @@ def test_load_gives_the_trained_booster_and_its_card(
     x = np.array([[0.5, 3.0, 1.0], [np.nan, 1.0, np.nan]])
     expected = lgb.Booster(model_str=model_text).predict(x)
     np.testing.assert_array_equal(loaded.booster.predict(x), expected)
-    assert loaded.card == replace(card, version=1, model_sha256=loaded.card.model_sha256)
+    digest = loaded.card.model_sha256
+    assert loaded.card.checked_sha256 == digest  # parsed in a child at registration
+    assert loaded.card == replace(
+        card, version=1, model_sha256=digest, checked_sha256=digest, scorer=loaded.card.scorer
+    )
     assert loaded.card.entities == (Column("rider_id", "Int64"),)
 
 
