@@ -7,16 +7,25 @@
 
 Columns are lists with one value per row; their wire type follows the Python type (int ->
 int64, float -> double, str -> string, bool -> bool).
+
+A server with TLS, mutual TLS or bearer tokens takes `ClientCredentials` (every secret from
+a file; a bad file is a UsageError naming it, at construction):
+
+    ClientCredentials(tls=TLSFiles(ca=Path("ca.pem")), token_file=Path("token"))
+    ClientCredentials(tls=TLSFiles(ca=..., cert=Path("me.pem"), key=Path("me.key")))  # mTLS
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 
+from serving.credentials import TLSFiles, load_tls, read_token
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 
@@ -34,9 +43,24 @@ def to_values(column: Column) -> pb.Values:
     return pb.Values(double_values=pb.DoubleList(values=[float(v) for v in values]))
 
 
+@dataclass(frozen=True)
+class ClientCredentials:
+    """How a client connects: over TLS when `tls` is given (its `ca` verifies the server,
+    None: the system's roots; its `cert` and `key` answer a server that asks for a client
+    certificate), sending the bearer token in `token_file` (first line) when given."""
+
+    tls: TLSFiles | None = None
+    token_file: Path | None = None
+
+
 class PredictionClient:
-    def __init__(self, target: str, timeout_s: float = 5.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    def __init__(
+        self, target: str, timeout_s: float = 5.0, credentials: ClientCredentials | None = None
+    ) -> None:
+        credentials = credentials or ClientCredentials()
+        token = read_token(credentials.token_file) if credentials.token_file else None
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._channel = _channel(target, credentials.tls)
         self._stub = pb_grpc.PredictionServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout_s = timeout_s
 
@@ -53,7 +77,9 @@ class PredictionClient:
             request_data={k: to_values(v) for k, v in (request_data or {}).items()},
             return_features=return_features,
         )
-        response: pb.PredictResponse = self._stub.Predict(request, timeout=self._timeout_s)
+        response: pb.PredictResponse = self._stub.Predict(
+            request, timeout=self._timeout_s, metadata=self._metadata
+        )
         return response
 
     def online_features(
@@ -68,13 +94,13 @@ class PredictionClient:
             entities={k: to_values(v) for k, v in entities.items()},
         )
         response: pb.GetOnlineFeaturesResponse = self._stub.GetOnlineFeatures(
-            request, timeout=self._timeout_s
+            request, timeout=self._timeout_s, metadata=self._metadata
         )
         return response
 
     def list_models(self) -> pb.ListModelsResponse:
         response: pb.ListModelsResponse = self._stub.ListModels(
-            pb.ListModelsRequest(), timeout=self._timeout_s
+            pb.ListModelsRequest(), timeout=self._timeout_s, metadata=self._metadata
         )
         return response
 
@@ -91,3 +117,15 @@ class PredictionClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _channel(target: str, tls: TLSFiles | None) -> grpc.Channel:
+    if tls is None:
+        return grpc.insecure_channel(target)
+    pem = load_tls(tls)
+    return grpc.secure_channel(
+        target,
+        grpc.ssl_channel_credentials(
+            root_certificates=pem.ca, private_key=pem.key, certificate_chain=pem.cert
+        ),
+    )

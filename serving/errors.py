@@ -6,6 +6,7 @@
     ├── DataError             input data (Parquet file, column, row) is wrong
     ├── InvalidRequestError   a request's field or row is wrong (gRPC INVALID_ARGUMENT)
     ├── NotFoundError         unknown model, alias, version, view or feature (gRPC NOT_FOUND)
+    ├── PermissionDeniedError a caller's token may not call this (gRPC PERMISSION_DENIED)
     ├── ModelError            a model version is corrupt or does not fit the feature repo
     └── StoreUnavailableError the online store cannot be reached (gRPC UNAVAILABLE)
 
@@ -51,6 +52,10 @@ class InvalidRequestError(CarraraError):
 
 class NotFoundError(CarraraError):
     """An unknown model, alias, version, feature view or feature."""
+
+
+class PermissionDeniedError(CarraraError):
+    """A caller's credentials are valid but do not allow this model or method."""
 
 
 class ModelError(CarraraError):

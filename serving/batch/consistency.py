@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,9 @@ from serving.errors import CarraraError, DataError, ModelError, NotFoundError, U
 from serving.models.registry import ModelRegistry
 from serving.repo.compile import ensure_plan
 from serving.repo.plan import ServingPlan
+
+if TYPE_CHECKING:
+    from serving.client import ClientCredentials
 
 PREDICTION = "prediction"
 
@@ -50,6 +53,7 @@ class ConsistencyRequest:
     seed: int = 0
     batch_rows: int = 50  # rows per Predict call (at most the server's max_rows)
     timeout_s: float = 10.0
+    credentials: ClientCredentials | None = None  # TLS and token: None for a plain server
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def check_consistency(request: ConsistencyRequest) -> ConsistencyReport:
     sample = _sample(spec, request.sample, request.seed)
     differences: list[Difference] = []
     model: OfflineModel | None = None
-    with PredictionClient(request.target, timeout_s=request.timeout_s) as client:
+    with PredictionClient(request.target, request.timeout_s, request.credentials) as client:
         for first in range(0, sample.num_rows, request.batch_rows):
             batch = sample.slice(first, request.batch_rows).combine_chunks().to_batches()[0]
             chunk = to_chunk(batch, spec, first)
@@ -159,6 +163,8 @@ def _predict(client: Any, request: ConsistencyRequest, chunk: InputChunk) -> Any
     except grpc.RpcError as exc:
         code = exc.code()
         message = f"{code.name} from the server at {request.target}: {exc.details()}"
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            raise UsageError(message) from None  # the caller's credentials: exit 2
         raise (NotFoundError if code == grpc.StatusCode.NOT_FOUND else CarraraError)(
             message
         ) from None

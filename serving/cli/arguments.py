@@ -11,6 +11,8 @@ DEFAULT_REPO = Path("feature_repo")
 DEFAULT_REGISTRY = Path("models")
 
 if TYPE_CHECKING:
+    from serving.client import ClientCredentials
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 else:  # not subscriptable at run time
     Subparsers = argparse._SubParsersAction
@@ -37,9 +39,64 @@ def registry_option(parser: argparse.ArgumentParser) -> None:
 def redis_url_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis-url",
+        type=_url_without_password,
         default=None,
-        help="redis:// or rediss:// URL (default: CARRARA_REDIS_URL, else feature_store.yaml)",
+        help="redis:// or rediss:// URL, no password (default: CARRARA_REDIS_URL, else "
+        "feature_store.yaml); the password comes from CARRARA_REDIS_PASSWORD(_FILE)",
     )
+
+
+def _url_without_password(text: str) -> str:
+    """A URL from the command line: a password in it would show in `ps` and shell history."""
+    from urllib.parse import urlsplit
+
+    try:
+        has_password = urlsplit(text).password is not None
+    except ValueError:
+        has_password = False
+    if has_password:
+        raise argparse.ArgumentTypeError(
+            "a password on the command line shows in `ps`: put it in CARRARA_REDIS_PASSWORD "
+            "or a file named by CARRARA_REDIS_PASSWORD_FILE, or in CARRARA_REDIS_URL"
+        )
+    return text
+
+
+def client_security_options(parser: argparse.ArgumentParser) -> None:
+    """--tls-ca, --tls-cert/--tls-key and --token-file: a secured server's client side."""
+    group = parser.add_argument_group("security (secrets are read from files, never argv)")
+    group.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA certificate (PEM) the server's certificate must chain to; turns TLS on",
+    )
+    group.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="client certificate (PEM) for a server that requires one (mTLS); turns TLS on",
+    )
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="file holding the bearer token (its first line), sent as authorization metadata",
+    )
+
+
+def client_credentials(args: argparse.Namespace) -> ClientCredentials:
+    """The credentials `client_security_options` collected."""
+    from serving.client import ClientCredentials
+    from serving.credentials import TLSFiles
+
+    tls = (
+        TLSFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
+        if args.tls_ca or args.tls_cert or args.tls_key
+        else None
+    )
+    return ClientCredentials(tls=tls, token_file=args.token_file)
 
 
 def timestamp(text: str) -> datetime:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.cli.arguments import Subparsers, count, registry_option, repo_option
+from serving.cli.arguments import (
+    Subparsers,
+    client_credentials,
+    client_security_options,
+    count,
+    registry_option,
+    repo_option,
+)
 
 
 def add(commands: Subparsers) -> None:
@@ -37,10 +44,14 @@ def add(commands: Subparsers) -> None:
         "--batch-rows", type=count, default=50, help="rows per request (default: %(default)s)"
     )
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
+    client_security_options(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")  # one line per failure, as in `predict`
     from serving.batch.consistency import ConsistencyRequest, check_consistency, describe
 
     report = check_consistency(
@@ -54,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             batch_rows=max(1, args.batch_rows),
             timeout_s=args.timeout,
+            credentials=client_credentials(args),
         )
     )
     for line in describe(report):

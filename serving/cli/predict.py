@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from serving.cli.arguments import Subparsers
+from serving.cli.arguments import Subparsers, client_credentials, client_security_options
 
 
 def add(commands: Subparsers) -> None:
@@ -29,6 +29,7 @@ def add(commands: Subparsers) -> None:
     )
     p.add_argument("--features", action="store_true", help="print the feature vectors too")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+    client_security_options(p)
     p.set_defaults(run=run)
 
 
@@ -57,15 +58,26 @@ def parse_assignments(
 
 def run(args: argparse.Namespace) -> int:
     import math
+    import os
 
+    # grpc's own INFO lines (a failed TLS handshake) would precede the one line said below
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     import grpc
 
     from serving.client import PredictionClient
     from serving.errors import CarraraError, UsageError
 
+    # the request or the caller's credentials are wrong: exit 2, like a bad argument
+    caller_mistakes = (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
+
     entities = parse_assignments(args.entity, "--entity")
     request_data = parse_assignments(args.request, "--request")
-    with PredictionClient(args.target, timeout_s=args.timeout) as client:
+    credentials = client_credentials(args)
+    with PredictionClient(args.target, args.timeout, credentials) as client:
         try:
             reply = client.predict(
                 args.model, entities, request_data, return_features=args.features
@@ -73,9 +85,9 @@ def run(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             code = exc.code()
             message = f"{code.name} from {args.target}: {exc.details()}"
-            raise (UsageError if code == grpc.StatusCode.INVALID_ARGUMENT else CarraraError)(
-                message
-            ) from None
+            if code == grpc.StatusCode.UNAVAILABLE and credentials.tls is None:
+                message += " (if the server serves TLS, give --tls-ca)"
+            raise (UsageError if code in caller_mistakes else CarraraError)(message) from None
     print(f"model {reply.model} version {reply.model_version}")
     for row, (prediction, missing) in enumerate(
         zip(reply.predictions, reply.missing_features, strict=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from serving.cli.arguments import (
     Subparsers,
@@ -24,6 +25,11 @@ def add(commands: Subparsers) -> None:
     )
     p.add_argument("--metrics-port", type=count, default=None, help="Prometheus /metrics port")
     p.add_argument(
+        "--metrics-host",
+        default=None,
+        help="bind address of /metrics, plain HTTP (default: --host)",
+    )
+    p.add_argument(
         "--max-rows", type=count, default=1_000, help="rows per request (default: %(default)s)"
     )
     p.add_argument(
@@ -38,17 +44,64 @@ def add(commands: Subparsers) -> None:
         default=1,
         help="server processes sharing the port; one per core is best (default: %(default)s)",
     )
+    security = p.add_argument_group("security (secrets are read from files, never argv)")
+    security.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="server certificate chain (PEM): serve TLS"
+    )
+    security.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (PEM)")
+    security.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA (PEM) whose certificates clients must present (mutual TLS)",
+    )
+    security.add_argument(
+        "--auth-tokens",
+        type=Path,
+        metavar="FILE",
+        help="bearer tokens, one a line, each optionally followed by the models it may call; "
+        "re-read on change; health stays open",
+    )
+    security.add_argument(
+        "--no-reflection",
+        dest="reflection",
+        action="store_false",
+        help="do not serve gRPC server reflection",
+    )
+    degraded = p.add_argument_group("when the online store is down or slow")
+    degraded.add_argument(
+        "--score-without-store",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="score MODEL with its stored features missing (reply: degraded) instead of "
+        "failing UNAVAILABLE; repeatable",
+    )
+    degraded.add_argument(
+        "--store-budget-ms",
+        type=float,
+        default=None,
+        help="for those models: the online store's time budget per call",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from serving.credentials import TLSFiles
     from serving.errors import UsageError
-    from serving.online.server import ServerSettings
+    from serving.online.server import ServerSettings, check_security
     from serving.online.supervisor import serve_forever
     from serving.repo.compile import ensure_plan
 
     if args.processes < 1 or args.threads < 1 or args.max_rows < 1:
         raise UsageError("--processes, --threads and --max-rows must be at least 1")
+    if args.metrics_host is not None and args.metrics_port is None:
+        raise UsageError("--metrics-host needs --metrics-port")
+    tls = (
+        TLSFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_client_ca)
+        if args.tls_cert or args.tls_key or args.tls_client_ca
+        else None
+    )
     settings = ServerSettings(
         repo=args.repo,
         registry=args.registry,
@@ -59,6 +112,15 @@ def run(args: argparse.Namespace) -> int:
         max_rows=args.max_rows,
         threads=args.threads,
         reuse_port=args.processes > 1,
+        tls=tls,
+        auth_tokens=args.auth_tokens,
+        reflection=args.reflection,
+        metrics_host=args.metrics_host,
+        score_without_store=frozenset(args.score_without_store),
+        store_budget_ms=args.store_budget_ms,
     )
+    if args.store_budget_ms is not None and not (0 < args.store_budget_ms <= 60_000):
+        raise UsageError("--store-budget-ms must be above 0 and at most 60000")
+    check_security(settings)  # a bad file is one line now, not one per server process
     ensure_plan(args.repo)  # compile a missing or stale plan once here, not once per process
     return serve_forever(settings, args.processes)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.errors import StoreUnavailableError
 from serving.inference.on_demand_steps import OnDemandStep, on_demand_steps
 from serving.models.registry import LoadedModel
 from serving.models.scorer import Scorer
@@ -34,6 +35,8 @@ class ReadObserver(Protocol):
 
     def count_missing(self, view: str, missing: int, stale: int) -> None: ...
 
+    def count_degraded(self, model: str) -> None: ...
+
 
 class NoObserver:
     """For batch jobs: nothing is observed."""
@@ -44,12 +47,25 @@ class NoObserver:
     def count_missing(self, view: str, missing: int, stale: int) -> None:
         pass
 
+    def count_degraded(self, model: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StoreFallback:
+    """What a model does when the online store is unavailable or over its time budget:
+    fail (UNAVAILABLE to a caller; the default) or score with the stored features missing."""
+
+    score_without_store: bool = False
+    budget_s: float | None = None  # the store's time budget for this model, within the deadline
+
 
 @dataclass(frozen=True)
 class Prediction:
     predictions: np.ndarray  # (rows,)
     missing_per_row: np.ndarray  # (rows,) int32: absent or stale features
     features: np.ndarray  # (rows, width) the model's input, NaN = missing
+    degraded: bool = False  # scored without the online store (StoreFallback)
 
 
 @dataclass(frozen=True)
@@ -65,12 +81,21 @@ class ServedModel:
     scorer: Scorer
     store: OnlineStore
     observer: ReadObserver
+    fallback: StoreFallback = StoreFallback()
 
     def predict(
         self, entities: ColumnValues, request_data: ColumnValues, rows: int, timeout_s: float
     ) -> Prediction:
         started = time.perf_counter()
-        read = self.store.read(self.read_plan, entities, timeout_s=timeout_s)
+        budget = self.fallback.budget_s
+        try:
+            read = self.store.read(
+                self.read_plan, entities, timeout_s=min(timeout_s, budget or timeout_s)
+            )
+        except StoreUnavailableError:
+            if not self.fallback.score_without_store:
+                raise
+            return self._without_store(request_data, rows)
         self.observer.observe_read(time.perf_counter() - started)
         matrix = read.values
         for step in self.on_demand:
@@ -78,6 +103,15 @@ class ServedModel:
         if read.missing_per_row.any():
             self._count_missing(read.status[:, self.read_plan.read_columns])
         return Prediction(self.scorer.score(matrix), read.missing_per_row, matrix)
+
+    def _without_store(self, request_data: ColumnValues, rows: int) -> Prediction:
+        """Every stored feature missing; on-demand ones computed from the request as usual."""
+        self.observer.count_degraded(self.name)
+        matrix = np.full((rows, len(self.feature_names)), np.nan)
+        for step in self.on_demand:
+            step.fill(matrix, request_data, rows)
+        missing = np.full(rows, len(self.read_plan.read_columns), dtype=np.int32)
+        return Prediction(self.scorer.score(matrix), missing, matrix, degraded=True)
 
     def _count_missing(self, status: np.ndarray) -> None:
         """Missing and stale values per feature view, for the metrics (only when any)."""
@@ -96,6 +130,7 @@ def build_served_model(
     store: OnlineStore,
     observer: ReadObserver,
     scoring_threads: int = 1,  # the server's: one per request; batch jobs take every core
+    fallback: StoreFallback = StoreFallback(),
 ) -> ServedModel:
     card = loaded.card
     refs = card.feature_refs
@@ -113,9 +148,16 @@ def build_served_model(
         request_fields=card.request_fields,
         read_plan=read_plan,
         on_demand=on_demand_steps(plan, service.projections, repo, refs),
-        scorer=Scorer(loaded.booster, scoring_threads, f"{loaded.name}:{loaded.version}"),
+        scorer=Scorer(
+            loaded.booster,
+            scoring_threads,
+            f"{loaded.name}:{loaded.version}",
+            record=card.scorer,  # verified at registration: not again while it matches
+            model_sha256=card.model_sha256,
+        ),
         store=store,
         observer=observer,
+        fallback=fallback,
     )
 
 

@@ -50,6 +50,12 @@ class ServerMetrics:
             ["view"],
             registry=self.registry,
         )
+        self._degraded = Counter(
+            "carrara_degraded_predictions",
+            "Predict calls scored without the online store (its features missing), by model",
+            ["model"],
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, ...], object] = {}
         self._http: Any = None  # the /metrics HTTP server, once started
 
@@ -68,6 +74,9 @@ class ServerMetrics:
 
     def observe_read(self, seconds: float) -> None:
         self._redis_latency.observe(seconds)
+
+    def count_degraded(self, model: str) -> None:
+        self._degraded.labels(model).inc()
 
     def count_missing(self, view: str, missing: int, stale: int) -> None:
         if missing:

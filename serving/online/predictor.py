@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from serving.errors import ModelError, NotFoundError, PlanError
-from serving.inference.served_model import ServedModel, build_served_model
+from serving.inference.served_model import ServedModel, StoreFallback, build_served_model
 from serving.models.registry import DEFAULT_ALIAS, ModelRegistry
 from serving.online.feature_lookup import FeatureLookup, build_lookup
 from serving.online.metrics import ServerMetrics
@@ -53,8 +53,10 @@ class Predictor:
         store: OnlineStore,
         registry: ModelRegistry,
         metrics: ServerMetrics,
+        fallbacks: Mapping[str, StoreFallback] | None = None,  # by model name
     ) -> None:
         self.plan = plan
+        self._fallbacks = dict(fallbacks or {})
         self._repo = repo
         self._store = store
         self._registry = registry
@@ -225,7 +227,12 @@ class Predictor:
                 self._broken[key] = exc
                 raise
             self._by_version[key] = build_served_model(
-                loaded, self.plan, self._repo, self._store, self._metrics
+                loaded,
+                self.plan,
+                self._repo,
+                self._store,
+                self._metrics,
+                fallback=self._fallbacks.get(name, StoreFallback()),
             )
         return self._by_version[key]
 

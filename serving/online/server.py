@@ -14,6 +14,13 @@ Two daemon threads watch the world: Redis health (the standard health service tu
 NOT_SERVING while Redis is unreachable) and the model registry (an alias moved -> the new
 version is loaded beside the old and swapped in atomically; a broken one is refused and
 logged while the old keeps serving).
+
+Security (all off by default): TLS from `ServerSettings.tls` (with its `ca`, mutual TLS:
+clients must present a certificate that CA signed); bearer tokens from a file
+(`auth_tokens`, see auth.py and tokens.py), re-read by a third watcher when it changes.
+Certificates and the tokens file are checked before anything else is built (`check_security`),
+so a bad one is one line at start-up. The health service stays open to probes; reflection can
+be turned off, and the metrics endpoint (plain HTTP) binds its own host.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.credentials import TLSFiles, load_tls
 from serving.errors import StoreUnavailableError, UsageError
+from serving.inference.served_model import StoreFallback
 from serving.models.registry import ModelRegistry
+from serving.online.auth import TokenInterceptor
 from serving.online.metrics import ServerMetrics
 from serving.online.predictor import Predictor
 from serving.online.servicer import PredictionServicer, add_to_server
+from serving.online.tokens import TokenTable
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.repo.plan import RepoFiles, load_plan
 from serving.store.online_store import OnlineStore
@@ -56,17 +67,32 @@ class ServerSettings:
     threads: int = 2  # see the module docstring
     watch_interval_s: float = 1.0
     reuse_port: bool = False  # several processes on one port
+    tls: TLSFiles | None = None  # cert + key: TLS; with ca: clients need a cert it signed
+    auth_tokens: Path | None = None  # the tokens file (auth.py); None: no token needed
+    reflection: bool = True
+    metrics_host: str | None = None  # None: `host`
+    # models scored with their stored features missing when the online store is down or
+    # slower than store_budget_ms (the reply says `degraded`); the others fail UNAVAILABLE
+    score_without_store: frozenset[str] = frozenset()
+    store_budget_ms: float | None = None
 
 
 class Server:
     def __init__(self, settings: ServerSettings) -> None:
         started = time.perf_counter()
         self.settings = settings
+        self._credentials = server_credentials(settings.tls)
+        self.tokens = TokenTable(settings.auth_tokens) if settings.auth_tokens else None
         plan = load_plan(RepoFiles.locate(settings.repo))  # the command compiled a stale one
         self.metrics = ServerMetrics()
         self.store = OnlineStore(redis_settings(settings.repo, settings.redis_url), plan.project)
         self.predictor = Predictor(
-            plan, settings.repo, self.store, ModelRegistry(settings.registry), self.metrics
+            plan,
+            settings.repo,
+            self.store,
+            ModelRegistry(settings.registry),
+            self.metrics,
+            fallbacks=_fallbacks(settings),
         )
         try:
             self.predictor.load_all()
@@ -76,18 +102,21 @@ class Server:
         for name in self.predictor.model_names():
             if not self.predictor.serves(name):
                 log.error("model %s is NOT_SERVING (see above); the other models are served", name)
+        self._check_tokens()
         self.health = health.HealthServicer()
         self._grpc = grpc.server(
             ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="carrara-rpc"),
+            interceptors=[TokenInterceptor(self.tokens, self.metrics)] if self.tokens else None,
             options=[("grpc.so_reuseport", int(settings.reuse_port))],
         )
         add_to_server(
             PredictionServicer(self.predictor, self.metrics, settings.max_rows), self._grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
-        )
+        if settings.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+            )
         self.port = 0
         self.metrics_port: int | None = None
         self._stop = threading.Event()
@@ -97,24 +126,30 @@ class Server:
     def start(self) -> int:
         address = f"{self.settings.host}:{self.settings.port}"
         try:
-            self.port = self._grpc.add_insecure_port(address)
+            self.port = (
+                self._grpc.add_secure_port(address, self._credentials)
+                if self._credentials
+                else self._grpc.add_insecure_port(address)
+            )
         except RuntimeError as exc:  # grpc's "Failed to bind": the port is taken or the host bad
             raise UsageError(f"cannot listen on {address}: port in use or bad host") from exc
         self._grpc.start()
         if self.settings.metrics_port is not None:
+            metrics_host = self.settings.metrics_host or self.settings.host
             try:
-                self.metrics_port = self.metrics.serve(
-                    self.settings.host, self.settings.metrics_port
-                )
+                self.metrics_port = self.metrics.serve(metrics_host, self.settings.metrics_port)
             except OSError as exc:
                 self._grpc.stop(0)
                 raise UsageError(
-                    f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port}: "
+                    f"cannot serve metrics on {metrics_host}:{self.settings.metrics_port}: "
                     f"{exc.strerror}"
                 ) from exc
         if self._check_health():
             self._report_absent_views()
-        for target, name in ((self._watch_health, "health"), (self._watch_models, "reload")):
+        watchers = [(self._watch_health, "health"), (self._watch_models, "reload")]
+        if self.tokens is not None:
+            watchers.append((self._watch_tokens, "tokens"))
+        for target, name in watchers:
             thread = threading.Thread(target=target, name=f"carrara-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -166,9 +201,60 @@ class Server:
         while not self._stop.wait(self.settings.watch_interval_s):
             self._check_health()
 
+    def _check_tokens(self) -> None:
+        if self.tokens is None:
+            return
+        if self._credentials is None:
+            log.warning(
+                "bearer tokens travel in clear text without --tls-cert/--tls-key; "
+                "serve TLS unless a TLS proxy in front of this server terminates it"
+            )
+        for line in self.tokens.unknown_names(set(self.predictor.model_names())):
+            log.warning(
+                "tokens file %s line %d lists a name that is no served model, `push` or "
+                "`features`: a typo?",
+                *(self.tokens.path, line),
+            )
+
+    def _watch_tokens(self) -> None:
+        tokens = self.tokens
+        while tokens is not None and not self._stop.wait(self.settings.watch_interval_s):
+            try:
+                tokens.reload()
+            except Exception:  # the watcher must outlive any one bad reload
+                log.exception("tokens reload failed; the tokens loaded before stay in force")
+
     def _watch_models(self) -> None:
         while not self._stop.wait(self.settings.watch_interval_s):
             try:
                 self.predictor.reload()
             except Exception:  # the watcher must outlive any one bad reload
                 log.exception("model reload failed; the serving models are unchanged")
+
+
+def server_credentials(tls: TLSFiles | None) -> grpc.ServerCredentials | None:
+    """grpc's credentials for `tls` (None: plaintext); UsageError naming a bad file."""
+    if tls is None:
+        return None
+    if tls.cert is None and tls.key is None:
+        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+    pem = load_tls(tls)
+    return grpc.ssl_server_credentials(
+        [(pem.key, pem.cert)], root_certificates=pem.ca, require_client_auth=pem.ca is not None
+    )
+
+
+def check_security(settings: ServerSettings) -> None:
+    """Load the TLS files and the tokens file as a server would: UsageError if one is bad.
+    For a command to fail in one line before it starts server processes."""
+    server_credentials(settings.tls)
+    if settings.auth_tokens is not None:
+        TokenTable(settings.auth_tokens)
+
+
+def _fallbacks(settings: ServerSettings) -> dict[str, StoreFallback]:
+    budget_s = None if settings.store_budget_ms is None else settings.store_budget_ms / 1000
+    return {
+        name: StoreFallback(score_without_store=True, budget_s=budget_s)
+        for name in settings.score_without_store
+    }

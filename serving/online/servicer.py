@@ -22,9 +22,11 @@ from serving.errors import (
     InvalidRequestError,
     ModelError,
     NotFoundError,
+    PermissionDeniedError,
     StoreUnavailableError,
     echo,
 )
+from serving.online.auth import permit_model, permitted
 from serving.online.metrics import ServerMetrics
 from serving.online.throttled_log import ThrottledLog
 from serving.online.wire import read_columns, values_message, wire_type
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode, str | None], ...] = (
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT, None),
     (NotFoundError, grpc.StatusCode.NOT_FOUND, None),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, None),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, "the online store is unavailable"),
     (ModelError, grpc.StatusCode.FAILED_PRECONDITION, "this model version is broken on the server"),
 )
@@ -69,6 +72,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
         self, request: pb.PredictRequest, context: grpc.ServicerContext
     ) -> pb.PredictResponse:
         with self._guard(context, "Predict", request.model):
+            permit_model(request.model)  # auth.py: the caller's token may call this model
             model = self._predictor.model(request.model)
             entities, rows = read_columns(
                 "entities", request.entities, model.entities, self._max_rows
@@ -86,6 +90,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                 model_version=model.version,
                 predictions=result.predictions.tolist(),
                 missing_features=result.missing_per_row.tolist(),
+                degraded=result.degraded,
             )
             if request.return_features:
                 response.feature_names.extend(model.feature_names)
@@ -142,6 +147,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                         ],
                     )
                     for info in self._predictor.model_infos()
+                    if permitted(info.name)  # a limited token sees only its models
                 ]
             )
         return pb.ListModelsResponse()

@@ -57,9 +57,11 @@ def serve_forever(settings: ServerSettings, processes: int = 1) -> int:
 def _run_one(settings: ServerSettings) -> int:
     server = Server(settings)
     port = server.start()
+    security = _security(settings)
     print(
         f"serving {', '.join(server.predictor.model_names()) or 'no models'} on "
         f"{settings.host}:{port} (ready in {server.build_s:.2f} s"
+        + (f", {security}" if security else "")
         + (f", metrics on :{server.metrics_port}" if server.metrics_port else "")
         + ")",
         flush=True,
@@ -75,3 +77,15 @@ def _run_one(settings: ServerSettings) -> int:
     server.stop()
     print("server stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _security(settings: ServerSettings) -> str:
+    """The ready line's security words: "mTLS, tokens", "TLS", "" and so on."""
+    parts = []
+    if settings.tls is not None:
+        parts.append("mTLS" if settings.tls.ca else "TLS")
+    if settings.auth_tokens is not None:
+        parts.append("tokens")
+    if not settings.reflection:
+        parts.append("no reflection")
+    return ", ".join(parts)

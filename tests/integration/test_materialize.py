@@ -18,6 +18,7 @@ import redis
 import serving.batch.materialize as materialize_module
 from serving.batch.materialize import materialize
 from serving.cli import main
+from serving.ports import free_port
 from serving.repo.feast_registry import _len_record, materialized_until, read_registry
 from serving.repo.plan import (
     PLAN_FILE,
@@ -31,9 +32,10 @@ from serving.repo.plan import (
 )
 from serving.store import codec, encoding
 from serving.store.online_store import OnlineStore
+from serving.store.redis_process import RedisProcess
 from serving.store.settings import RedisSettings
-from serving.store.write_guard import RowBatch
-from tests.conftest import RedisServer
+from serving.store.write_guard import FramedRows, RowBatch
+from tests.helpers import Snapshot, hash_of, snapshot
 
 pytestmark = pytest.mark.integration
 
@@ -126,25 +128,17 @@ def make_repo(
 
 
 @pytest.fixture
-def repo(tmp_path: Path, redis_server: RedisServer, redis_url: str) -> Path:
+def repo(tmp_path: Path, redis_server: RedisProcess, redis_url: str) -> Path:
     return make_repo(tmp_path / "repo", redis_server.port, {"rides": _rides(), "routes": _routes()})
-
-
-def snapshot(url: str) -> dict[bytes, tuple[dict[bytes, bytes], int]]:
-    client = redis.Redis.from_url(url)
-    state = {key: (client.hgetall(key), client.ttl(key)) for key in client.scan_iter(count=500)}
-    client.close()
-    return state
 
 
 def _raw(
     repo: Path, url: str, view: FeatureViewPlan, keys: list[list[Any]]
 ) -> list[dict[str, Any]]:
-    client = redis.Redis.from_url(url)
     names, dtypes = [k.name for k in view.join_keys], [k.dtype for k in view.join_keys]
     rows = []
     for key in encoding.encode_entity_keys(names, dtypes, keys, PROJECT):
-        fields = client.hgetall(key)
+        fields = hash_of(url, key)
         row = {
             f.name: codec.decode_value(fields.get(codec.field_name(view.name, f.name)))
             for f in view.features
@@ -206,7 +200,7 @@ def test_an_older_row_never_overwrites_a_newer_one(repo: Path, redis_url: str) -
 
 
 def test_key_ttl_seconds_expires_written_keys(
-    tmp_path: Path, redis_server: RedisServer, redis_url: str
+    tmp_path: Path, redis_server: RedisProcess, redis_url: str
 ) -> None:
     repo = make_repo(
         tmp_path / "ttl", redis_server.port, {"rides": _rides(), "routes": _routes()}, 600
@@ -341,11 +335,10 @@ def test_bad_data_is_one_line_naming_the_file_or_column(
 
 
 def test_unreachable_redis_is_one_line_naming_the_url(
-    repo: Path, capsys: pytest.CaptureFixture[str]
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import free_port
-
-    url = f"redis://:pw@127.0.0.1:{free_port()}/0"
+    monkeypatch.setenv("CARRARA_REDIS_PASSWORD", "pw")
+    url = f"redis://127.0.0.1:{free_port()}/0"
     code, _, err = run_cli(
         capsys,
         "--repo",
@@ -358,9 +351,20 @@ def test_unreachable_redis_is_one_line_naming_the_url(
         url,
     )
     assert code == 1
-    assert f"redis://:***@127.0.0.1:{url.split(':')[-1]}" in err
-    assert "pw@" not in err
+    assert url in err
+    assert "pw" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_password_on_the_command_line_is_refused(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run_cli(capsys, "--repo", str(repo), "--incremental", "--redis-url", "redis://:s3cret@h:1")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "CARRARA_REDIS_PASSWORD" in err
+    assert "s3cret" not in err
 
 
 @pytest.mark.parametrize(
@@ -388,7 +392,7 @@ def test_bad_arguments_are_usage_errors(
 def _interrupt_after(batches: int, action: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     real = materialize_module._row_batches
 
-    def interrupted(*args: Any) -> Iterator[RowBatch]:
+    def interrupted(*args: Any) -> Iterator[FramedRows]:
         for i, batch in enumerate(real(*args)):
             if i == batches:
                 action()
@@ -398,7 +402,7 @@ def _interrupt_after(batches: int, action: Any, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(materialize_module, "WRITE_ROWS", 1)
 
 
-def _clean_state(repo: Path, url: str) -> dict[bytes, tuple[dict[bytes, bytes], int]]:
+def _clean_state(repo: Path, url: str) -> Snapshot:
     materialize(repo, START, END)
     state = snapshot(url)
     redis.Redis.from_url(url).flushall()
@@ -424,7 +428,7 @@ def test_a_run_interrupted_between_batches_reruns_to_the_same_state(
 
 def test_a_run_cut_by_a_redis_restart_reruns_to_the_same_state(
     repo: Path,
-    redis_server: RedisServer,
+    redis_server: RedisProcess,
     redis_url: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x61rrara/v1/prediction.proto\x12\ncarrara.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1a\n\x08\x42oolList\x12\x0e\n\x06values\x18\x01 \x03(\x08\"\xce\x01\n\x06Values\x12-\n\x0cint64_values\x18\x01 \x01(\x0b\x32\x15.carrara.v1.Int64ListH\x00\x12/\n\rdouble_values\x18\x02 \x01(\x0b\x32\x16.carrara.v1.DoubleListH\x00\x12/\n\rstring_values\x18\x03 \x01(\x0b\x32\x16.carrara.v1.StringListH\x00\x12+\n\x0b\x62ool_values\x18\x04 \x01(\x0b\x32\x14.carrara.v1.BoolListH\x00\x42\x06\n\x04kind\"\xc4\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12:\n\x08\x65ntities\x18\x02 \x03(\x0b\x32(.carrara.v1.PredictRequest.EntitiesEntry\x12\x41\n\x0crequest_data\x18\x03 \x03(\x0b\x32+.carrara.v1.PredictRequest.RequestDataEntry\x12\x17\n\x0freturn_features\x18\x04 \x01(\x08\x1a\x43\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.carrara.v1.Values:\x02\x38\x01\x1a\x46\n\x10RequestDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.carrara.v1.Values:\x02\x38\x01\"\xa7\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bpredictions\x18\x03 \x03(\x01\x12\x18\n\x10missing_features\x18\x04 \x03(\x05\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12(\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x16.carrara.v1.DoubleList\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.carrara.v1.ModelInfo\"\xf7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x33\n\x07\x61liases\x18\x03 \x03(\x0b\x32\".carrara.v1.ModelInfo.AliasesEntry\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x04 \x01(\t\x12#\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x11.carrara.v1.Input\x12\'\n\x0crequest_data\x18\x06 \x03(\x0b\x32\x11.carrara.v1.Input\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x05Input\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.carrara.v1.ValueType\"\xd0\x01\n\x18GetOnlineFeaturesRequest\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x44\n\x08\x65ntities\x18\x03 \x03(\x0b\x32\x32.carrara.v1.GetOnlineFeaturesRequest.EntitiesEntry\x1a\x43\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.carrara.v1.Values:\x02\x38\x01\"\xb0\x01\n\rFeatureColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.carrara.v1.ValueType\x12\"\n\x06values\x18\x03 \x01(\x0b\x32\x12.carrara.v1.Values\x12\x1b\n\x13\x65vent_timestamps_us\x18\x04 \x03(\x03\x12+\n\x08statuses\x18\x05 \x03(\x0e\x32\x19.carrara.v1.FeatureStatus\"H\n\x19GetOnlineFeaturesResponse\x12+\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x19.carrara.v1.FeatureColumn*T\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05INT64\x10\x01\x12\n\n\x06\x44OUBLE\x10\x02\x12\n\n\x06STRING\x10\x03\x12\x08\n\x04\x42OOL\x10\x04*T\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\x0b\n\x07MISSING\x10\x02\x12\t\n\x05STALE\x10\x03\x32\x86\x02\n\x11PredictionService\x12\x42\n\x07Predict\x12\x1a.carrara.v1.PredictRequest\x1a\x1b.carrara.v1.PredictResponse\x12`\n\x11GetOnlineFeatures\x12$.carrara.v1.GetOnlineFeaturesRequest\x1a%.carrara.v1.GetOnlineFeaturesResponse\x12K\n\nListModels\x12\x1d.carrara.v1.ListModelsRequest\x1a\x1e.carrara.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x63\x61rrara/v1/prediction.proto\x12\ncarrara.v1\"\x1b\n\tInt64List\x12\x0e\n\x06values\x18\x01 \x03(\x03\"\x1c\n\nDoubleList\x12\x0e\n\x06values\x18\x01 \x03(\x01\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x1a\n\x08\x42oolList\x12\x0e\n\x06values\x18\x01 \x03(\x08\"\xce\x01\n\x06Values\x12-\n\x0cint64_values\x18\x01 \x01(\x0b\x32\x15.carrara.v1.Int64ListH\x00\x12/\n\rdouble_values\x18\x02 \x01(\x0b\x32\x16.carrara.v1.DoubleListH\x00\x12/\n\rstring_values\x18\x03 \x01(\x0b\x32\x16.carrara.v1.StringListH\x00\x12+\n\x0b\x62ool_values\x18\x04 \x01(\x0b\x32\x14.carrara.v1.BoolListH\x00\x42\x06\n\x04kind\"\xc4\x02\n\x0ePredictRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12:\n\x08\x65ntities\x18\x02 \x03(\x0b\x32(.carrara.v1.PredictRequest.EntitiesEntry\x12\x41\n\x0crequest_data\x18\x03 \x03(\x0b\x32+.carrara.v1.PredictRequest.RequestDataEntry\x12\x17\n\x0freturn_features\x18\x04 \x01(\x08\x1a\x43\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.carrara.v1.Values:\x02\x38\x01\x1a\x46\n\x10RequestDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.carrara.v1.Values:\x02\x38\x01\"\xb9\x01\n\x0fPredictResponse\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0bpredictions\x18\x03 \x03(\x01\x12\x18\n\x10missing_features\x18\x04 \x03(\x05\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12(\n\x08\x66\x65\x61tures\x18\x06 \x03(\x0b\x32\x16.carrara.v1.DoubleList\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\"\x13\n\x11ListModelsRequest\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.carrara.v1.ModelInfo\"\xf7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\t\x12\x33\n\x07\x61liases\x18\x03 \x03(\x0b\x32\".carrara.v1.ModelInfo.AliasesEntry\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x04 \x01(\t\x12#\n\x08\x65ntities\x18\x05 \x03(\x0b\x32\x11.carrara.v1.Input\x12\'\n\x0crequest_data\x18\x06 \x03(\x0b\x32\x11.carrara.v1.Input\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x05Input\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.carrara.v1.ValueType\"\xd0\x01\n\x18GetOnlineFeaturesRequest\x12\x17\n\x0f\x66\x65\x61ture_service\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x44\n\x08\x65ntities\x18\x03 \x03(\x0b\x32\x32.carrara.v1.GetOnlineFeaturesRequest.EntitiesEntry\x1a\x43\n\rEntitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.carrara.v1.Values:\x02\x38\x01\"\xb0\x01\n\rFeatureColumn\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.carrara.v1.ValueType\x12\"\n\x06values\x18\x03 \x01(\x0b\x32\x12.carrara.v1.Values\x12\x1b\n\x13\x65vent_timestamps_us\x18\x04 \x03(\x03\x12+\n\x08statuses\x18\x05 \x03(\x0e\x32\x19.carrara.v1.FeatureStatus\"H\n\x19GetOnlineFeaturesResponse\x12+\n\x08\x66\x65\x61tures\x18\x01 \x03(\x0b\x32\x19.carrara.v1.FeatureColumn*T\n\tValueType\x12\x1a\n\x16VALUE_TYPE_UNSPECIFIED\x10\x00\x12\t\n\x05INT64\x10\x01\x12\n\n\x06\x44OUBLE\x10\x02\x12\n\n\x06STRING\x10\x03\x12\x08\n\x04\x42OOL\x10\x04*T\n\rFeatureStatus\x12\x1e\n\x1a\x46\x45\x41TURE_STATUS_UNSPECIFIED\x10\x00\x12\x0b\n\x07PRESENT\x10\x01\x12\x0b\n\x07MISSING\x10\x02\x12\t\n\x05STALE\x10\x03\x32\x86\x02\n\x11PredictionService\x12\x42\n\x07Predict\x12\x1a.carrara.v1.PredictRequest\x1a\x1b.carrara.v1.PredictResponse\x12`\n\x11GetOnlineFeatures\x12$.carrara.v1.GetOnlineFeaturesRequest\x1a%.carrara.v1.GetOnlineFeaturesResponse\x12K\n\nListModels\x12\x1d.carrara.v1.ListModelsRequest\x1a\x1e.carrara.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFO_ALIASESENTRY']._serialized_options = b'8\001'
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._loaded_options = None
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_options = b'8\001'
-  _globals['_VALUETYPE']._serialized_start=1722
-  _globals['_VALUETYPE']._serialized_end=1806
-  _globals['_FEATURESTATUS']._serialized_start=1808
-  _globals['_FEATURESTATUS']._serialized_end=1892
+  _globals['_VALUETYPE']._serialized_start=1740
+  _globals['_VALUETYPE']._serialized_end=1824
+  _globals['_FEATURESTATUS']._serialized_start=1826
+  _globals['_FEATURESTATUS']._serialized_end=1910
   _globals['_INT64LIST']._serialized_start=43
   _globals['_INT64LIST']._serialized_end=70
   _globals['_DOUBLELIST']._serialized_start=72
@@ -60,25 +60,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PREDICTREQUEST_REQUESTDATAENTRY']._serialized_start=624
   _globals['_PREDICTREQUEST_REQUESTDATAENTRY']._serialized_end=694
   _globals['_PREDICTRESPONSE']._serialized_start=697
-  _globals['_PREDICTRESPONSE']._serialized_end=864
-  _globals['_LISTMODELSREQUEST']._serialized_start=866
-  _globals['_LISTMODELSREQUEST']._serialized_end=885
-  _globals['_LISTMODELSRESPONSE']._serialized_start=887
-  _globals['_LISTMODELSRESPONSE']._serialized_end=946
-  _globals['_MODELINFO']._serialized_start=949
-  _globals['_MODELINFO']._serialized_end=1196
-  _globals['_MODELINFO_ALIASESENTRY']._serialized_start=1150
-  _globals['_MODELINFO_ALIASESENTRY']._serialized_end=1196
-  _globals['_INPUT']._serialized_start=1198
-  _globals['_INPUT']._serialized_end=1256
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=1259
-  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=1467
+  _globals['_PREDICTRESPONSE']._serialized_end=882
+  _globals['_LISTMODELSREQUEST']._serialized_start=884
+  _globals['_LISTMODELSREQUEST']._serialized_end=903
+  _globals['_LISTMODELSRESPONSE']._serialized_start=905
+  _globals['_LISTMODELSRESPONSE']._serialized_end=964
+  _globals['_MODELINFO']._serialized_start=967
+  _globals['_MODELINFO']._serialized_end=1214
+  _globals['_MODELINFO_ALIASESENTRY']._serialized_start=1168
+  _globals['_MODELINFO_ALIASESENTRY']._serialized_end=1214
+  _globals['_INPUT']._serialized_start=1216
+  _globals['_INPUT']._serialized_end=1274
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_start=1277
+  _globals['_GETONLINEFEATURESREQUEST']._serialized_end=1485
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_start=555
   _globals['_GETONLINEFEATURESREQUEST_ENTITIESENTRY']._serialized_end=622
-  _globals['_FEATURECOLUMN']._serialized_start=1470
-  _globals['_FEATURECOLUMN']._serialized_end=1646
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1648
-  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1720
-  _globals['_PREDICTIONSERVICE']._serialized_start=1895
-  _globals['_PREDICTIONSERVICE']._serialized_end=2157
+  _globals['_FEATURECOLUMN']._serialized_start=1488
+  _globals['_FEATURECOLUMN']._serialized_end=1664
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_start=1666
+  _globals['_GETONLINEFEATURESRESPONSE']._serialized_end=1738
+  _globals['_PREDICTIONSERVICE']._serialized_start=1913
+  _globals['_PREDICTIONSERVICE']._serialized_end=2175
 # @@protoc_insertion_point(module_scope)

@@ -94,20 +94,22 @@ class PredictRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., entities: _Optional[_Mapping[str, Values]] = ..., request_data: _Optional[_Mapping[str, Values]] = ..., return_features: _Optional[bool] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "model_version", "predictions", "missing_features", "feature_names", "features")
+    __slots__ = ("model", "model_version", "predictions", "missing_features", "feature_names", "features", "degraded")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
     MISSING_FEATURES_FIELD_NUMBER: _ClassVar[int]
     FEATURE_NAMES_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
     model: str
     model_version: str
     predictions: _containers.RepeatedScalarFieldContainer[float]
     missing_features: _containers.RepeatedScalarFieldContainer[int]
     feature_names: _containers.RepeatedScalarFieldContainer[str]
     features: _containers.RepeatedCompositeFieldContainer[DoubleList]
-    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[float]] = ..., missing_features: _Optional[_Iterable[int]] = ..., feature_names: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[DoubleList, _Mapping]]] = ...) -> None: ...
+    degraded: bool
+    def __init__(self, model: _Optional[str] = ..., model_version: _Optional[str] = ..., predictions: _Optional[_Iterable[float]] = ..., missing_features: _Optional[_Iterable[int]] = ..., feature_names: _Optional[_Iterable[str]] = ..., features: _Optional[_Iterable[_Union[DoubleList, _Mapping]]] = ..., degraded: _Optional[bool] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
