@@ -157,7 +157,11 @@ def benchmark(size: Size, repo: Path, registry: Path, work: Path) -> dict[str, A
         source, picked = sample(requests, rows, work)
         carrara = run_carrara(repo, registry, source, work / f"carrara_{rows}.parquet")
         naive = run_naive(repo, registry, source, work / f"naive_{rows}.parquet")
-        entry = {"rows": rows, "carrara": _figures(carrara, rows), "naive": _figures(naive, rows)}
+        entry: dict[str, Any] = {
+            "rows": rows,
+            "carrara": _figures(carrara, rows),
+            "naive": _figures(naive, rows),
+        }
         ours = pq.read_table(work / f"carrara_{rows}.parquet").column("prediction").to_numpy()
         entry["carrara_sample_equals_full_run"] = bool(
             np.array_equal(ours, all_predictions[picked])

@@ -188,8 +188,9 @@ def run_carrara(s: Scenario, repo: Path) -> Any:
 def identical(port: int, sample: int = 2_000) -> dict[str, Any]:
     """Same keys and, per key, the same value digest (DEBUG DIGEST-VALUE: order-free); the
     first `sample` keys are also compared field by field, TTLs included."""
-    a = redis.Redis(port=port, db=FEAST_DB)
-    b = redis.Redis(port=port, db=CARRARA_DB)
+    # Any: redis-py annotates replies as `Awaitable[T] | T` and keys as str
+    a: Any = redis.Redis(port=port, db=FEAST_DB)
+    b: Any = redis.Redis(port=port, db=CARRARA_DB)
     keyspace = a.info("keyspace")
     same_counts = keyspace.get(f"db{FEAST_DB}") == keyspace.get(f"db{CARRARA_DB}")
     checked = differing = 0
@@ -210,7 +211,7 @@ def identical(port: int, sample: int = 2_000) -> dict[str, Any]:
     }
 
 
-def _key_chunks(client: redis.Redis) -> Iterator[list[bytes]]:
+def _key_chunks(client: Any) -> Iterator[list[bytes]]:
     cursor = None
     while cursor != 0:  # SCAN ends when the cursor comes back to 0
         cursor, keys = client.scan(cursor or 0, count=1_000)

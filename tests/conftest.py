@@ -1,29 +1,26 @@
-"""Shared fixtures: a real redis-server on a free loopback port, and an applied sample world.
+"""Shared fixtures: a real redis-server on a free loopback port, an applied sample world, its
+trained models, and a prediction server over them. Helpers live in tests/helpers.py.
 
-The server (serving.store.redis_process: `--save "" --appendonly no`, polled with PING, stopped by
-its pid) is started once per session; every test using `redis_url` starts from an empty
-server. A missing `redis-server` binary fails loudly: these tests are not optional.
+The redis-server (serving.store.redis_process: `--save "" --appendonly no`, polled with PING,
+stopped by its pid) is started once per session; every test using `redis_url` starts from an
+empty server. A missing `redis-server` binary fails loudly: these tests are not optional.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
-from serving.store.redis_process import RedisProcess, free_port, private_redis
+from serving.store.redis_process import RedisProcess, private_redis
+from tests.helpers import SERVER_MAX_ROWS, WORLD_END, materialize_world, write_repo
 
-RedisServer = RedisProcess  # older name, still used by some test modules
-__all__ = ["RedisServer", "free_port"]
-
-ROOT = Path(__file__).resolve().parents[1]
-_NOW = datetime.now(UTC).replace(second=0, microsecond=0)
-# The test world ends now (to 5 minutes) so that served features are fresh, not stale.
-WORLD_END = _NOW.replace(minute=_NOW.minute - _NOW.minute % 5)
+if TYPE_CHECKING:
+    from serving.online.server import Server
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +37,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc
         yield server
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisProcess) -> str:
+def _running_and_empty(redis_server: RedisProcess) -> str:
     if redis_server.process is None:  # a test stopped it to simulate an outage
         redis_server.start()
     client = redis.Redis.from_url(redis_server.url)
@@ -50,24 +46,14 @@ def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
 
 
-def write_repo(target: Path, data_dir: Path, redis_port: int) -> Path:
-    """A copy of feature_repo/ whose online store is the test's redis-server."""
-    shutil.copytree(
-        ROOT / "feature_repo", target, ignore=shutil.ignore_patterns("data", "__pycache__")
-    )
-    config = (target / "feature_store.yaml").read_text()
-    assert '"127.0.0.1:6379"' in config, "feature_store.yaml changed: update write_repo"
-    config = config.replace('"127.0.0.1:6379"', f'"127.0.0.1:{redis_port}"')
-    (target / "feature_store.yaml").write_text(config)
-    (target / "data").mkdir()
-    for parquet in data_dir.glob("*.parquet"):
-        shutil.copy(parquet, target / "data" / parquet.name)
-    return target
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    return _running_and_empty(redis_server)
 
 
 @pytest.fixture(scope="session")
 def world_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small sample world (Parquet only), generated once per session."""
+    """A small sample world (Parquet only), generated once per session, ending at WORLD_END."""
     from serving.sample.world import WorldSpec, generate
 
     out = tmp_path_factory.mktemp("world")
@@ -112,31 +98,40 @@ def trained_registry(applied_repo: Path, tmp_path_factory: pytest.TempPathFactor
     return root
 
 
-def materialize_world(repo: Path, redis_url: str) -> None:
-    """`carrara materialize` of the whole test world into `redis_url`."""
-    import subprocess
-    import sys
-    from datetime import timedelta
+@pytest.fixture(scope="module")
+def served_registry(trained_registry: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `server`'s registry: a private copy per module, as its tests promote, roll back
+    and break versions."""
+    root = tmp_path_factory.mktemp("served") / "models"
+    shutil.copytree(trained_registry, root)
+    return root
 
-    start = (WORLD_END - timedelta(days=3)).isoformat()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving.cli",
-            "materialize",
-            "--repo",
-            str(repo),
-            "--start",
-            start,
-            "--end",
-            WORLD_END.isoformat(),
-            "--redis-url",
-            redis_url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+
+@pytest.fixture(scope="module")
+def server(
+    applied_repo: Path, served_registry: Path, redis_server: RedisProcess
+) -> Iterator[Server]:
+    """A prediction server on 127.0.0.1:0 (the port it bound is `server.port`) over the whole
+    test world, materialized into the session's redis-server, and `served_registry`.
+
+    One per module, because modules change its world: they stop and restart the redis-server
+    (which comes back empty) and move aliases. A test in the same module that takes
+    `redis_url` empties the Redis under it: such tests belong elsewhere.
+    """
+    from serving.online.server import Server, ServerSettings
+
+    url = _running_and_empty(redis_server)
+    materialize_world(applied_repo, url)
+    settings = ServerSettings(
+        repo=applied_repo,
+        registry=served_registry,
+        port=0,
+        redis_url=url,
+        metrics_port=0,
+        max_rows=SERVER_MAX_ROWS,
+        watch_interval_s=0.2,
     )
-    assert result.returncode == 0, result.stderr
+    served = Server(settings)
+    served.start()
+    yield served
+    served.stop()

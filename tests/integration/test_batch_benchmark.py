@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, run_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,17 +16,14 @@ def test_benchmark_small_run_compares_carrara_and_the_naive_pipeline(
     applied_repo: Path, trained_registry: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "batch_score.json"
-    result = subprocess.run(
+    result = run_python(
         [
-            *(sys.executable, "-m", "benchmarks.batch_score", "--small"),
+            *("-m", "benchmarks.batch_score", "--small"),
             *("--repo", str(applied_repo), "--registry", str(trained_registry)),
             *("--naive-rows", "200", "--out", str(out)),
         ],
+        timeout_s=240,
         cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())

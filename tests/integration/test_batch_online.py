@@ -16,8 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.cli import main
-from tests.conftest import materialize_world
-from tests.integration.test_consistency import wait_until_created
+from tests.helpers import materialize_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -29,13 +28,12 @@ def test_online_scores_equal_point_in_time_scores_as_of_now(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    materialize_world(applied_repo, redis_url)
-    wait_until_created(applied_repo)
+    materialize_world(applied_repo, redis_url)  # every row created already (WORLD_END)
     trips = pq.read_table(applied_repo / "data" / "trips.parquet").slice(0, 1_500)
     unknown = pa.array(np.where(np.arange(1_500) % 50 == 0, 10**12, trips["driver_id"]))
     trips = trips.set_column(trips.schema.get_field_index("driver_id"), "driver_id", unknown)
-    # Stamped now: the latest rows' ttl boundaries are tens of minutes away (test world), so
-    # the seconds between the two runs cannot change which rows count.
+    # Stamped now: the latest rows' ttl boundaries are over half an hour away (helpers.py:
+    # world_end), so the seconds between the two runs cannot change which rows count.
     now = pa.array([datetime.now(UTC)] * trips.num_rows, pa.timestamp("us", tz="UTC"))
     trips = trips.set_column(
         trips.schema.get_field_index("event_timestamp"), "event_timestamp", now

@@ -8,9 +8,7 @@ store (after the materialization, so Redis never got it) must be reported, row b
 from __future__ import annotations
 
 import shutil
-import time
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +16,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import redis
 
 from serving.cli import main
-from serving.online.server import Server, ServerSettings
-from tests.conftest import WORLD_END, RedisServer, materialize_world
+from serving.online.server import Server
+from tests.helpers import WORLD_END
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# `server` (conftest) serves the materialized test world; its rows were all created before
+# the session began (tests/helpers.py: WORLD_END), so the offline side sees them too.
+# check-consistency's RPCs carry its 10 s deadline; the timeout bounds the rest (as in
+# test_server.py).
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 LATE_DRIVER = 7
 LATE_VALUES: dict[str, object] = {  # each unlike any value the sample world draws
@@ -36,41 +37,6 @@ LATE_VALUES: dict[str, object] = {  # each unlike any value the sample world dra
     "avg_speed_kph_7d": 99.5,
     "vehicle_type": None,  # set to a type other than the driver's own
 }
-
-
-def wait_until_created(repo: Path) -> None:
-    """The sample world stamps some rows `created` minutes after its end (route rows at
-    midnight + 10 min): until then the offline store rightly does not show them, while Redis
-    has them. Wait (rarely, and at most ~10 min) for the wall clock to pass them."""
-    latest = max(
-        pc.max(pq.read_table(repo / "data" / f"{view}.parquet", columns=["created"])["created"])
-        .as_py()
-        .timestamp()
-        for view in ("driver_stats", "zone_stats", "route_stats")
-    )
-    time.sleep(max(0.0, latest - time.time() + 0.5))
-
-
-@pytest.fixture(scope="module")
-def server(
-    applied_repo: Path, trained_registry: Path, redis_server: RedisServer
-) -> Iterator[Server]:
-    if redis_server.process is None:
-        redis_server.start()
-    redis.Redis.from_url(redis_server.url).flushall()
-    materialize_world(applied_repo, redis_server.url)
-    wait_until_created(applied_repo)
-    settings = ServerSettings(
-        repo=applied_repo,
-        registry=trained_registry,
-        port=0,
-        redis_url=redis_server.url,
-        max_rows=100,
-    )
-    served = Server(settings)
-    served.start()
-    yield served
-    served.stop()
 
 
 def check(repo: Path, registry: Path, server: Server, *extra: str) -> int:
@@ -88,23 +54,24 @@ def test_server_and_offline_agree_exactly_after_materialize(
     model: str,
     server: Server,
     applied_repo: Path,
-    trained_registry: Path,
+    served_registry: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    code = check(applied_repo, trained_registry, server, "--model", model, "--sample", "300")
+    code = check(applied_repo, served_registry, server, "--model", model, "--sample", "300")
     out = capsys.readouterr().out
     assert code == 0, out
     assert "300 rows sampled" in out
     assert "online and offline agree exactly" in out
 
 
-def plant_late_row(repo: Path) -> datetime:
-    """Append a driver_stats row stamped inside the materialized window but created after
-    the materialization (a late write): the offline store has it now, Redis never got it."""
+def plant_late_row(repo: Path) -> None:
+    """Append a driver_stats row stamped inside the materialized window, written to the
+    offline store after the materialization (a late write): the offline store has it now,
+    Redis never got it. Created at the world's end: in the past, so visible offline."""
     path = repo / "data" / "driver_stats.parquet"
     table = pq.read_table(path)
-    event = WORLD_END - timedelta(minutes=30)
-    created = datetime.now(UTC) - timedelta(seconds=1)
+    event = WORLD_END - timedelta(minutes=30)  # newer than the driver's last snapshot (-1 h)
+    created = WORLD_END
     own = table.filter(pc.equal(table["driver_id"], LATE_DRIVER))["vehicle_type"][0].as_py()
     row = {
         "driver_id": [LATE_DRIVER],
@@ -115,13 +82,12 @@ def plant_late_row(repo: Path) -> datetime:
     }
     late = pa.table({f.name: pa.array(row[f.name], f.type) for f in table.schema})
     pq.write_table(pa.concat_tables([table, late]), path)
-    return created
 
 
 def test_a_feature_written_late_is_reported_per_row_and_feature(
     server: Server,
     applied_repo: Path,
-    trained_registry: Path,
+    served_registry: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -135,7 +101,7 @@ def test_a_feature_written_late_is_reported_per_row_and_feature(
     pq.write_table(pa.Table.from_pandas(trips, preserve_index=False), sample)
     code = check(
         skewed,
-        trained_registry,
+        served_registry,
         server,
         *("--model", "eta", "--input", str(sample), "--sample", "12", "--batch-rows", "5"),
     )

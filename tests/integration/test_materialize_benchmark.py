@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT, run_python
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_benchmark_small_run_compares_feast_and_carrara(tmp_path: Path) -> None:
     out = tmp_path / "materialize.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.materialize", "--small", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    result = run_python(
+        ["-m", "benchmarks.materialize", "--small", "--out", str(out)], timeout_s=240, cwd=ROOT
     )
     assert result.returncode == 0, result.stderr[-3000:]
     data = json.loads(out.read_text())

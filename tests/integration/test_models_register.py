@@ -49,8 +49,10 @@ def test_a_model_from_elsewhere_is_registered_and_scores_as_its_booster(
     card = registry.card("eta_nb:1")
     assert card.feature_refs == trained.feature_refs
     assert (card.entities, card.request_fields) == (trained.entities, trained.request_fields)
-    assert card.metrics is not None and card.metrics.rows > 0
-    assert card.window is None and card.rows is None
+    assert card.metrics is not None
+    assert card.metrics.rows > 0
+    assert card.window is None
+    assert card.rows is None
     rows = np.random.default_rng(0).normal(size=(50, len(card.feature_refs)))
     np.testing.assert_array_equal(
         registry.load("eta_nb").booster.predict(rows), registry.load("eta:1").booster.predict(rows)
@@ -80,7 +82,9 @@ def test_a_malformed_model_file_is_one_line_and_nothing_is_written(
     model.write_text(text.replace("threshold=", "threshold=1 2 3 4 5 6 7 8 9 10 11 12 ", 1))
     assert register(applied_repo, registry_root, "eta_bad", model) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("carrara models: ") and "malformed" in err and "\n" not in err
+    assert err.startswith("carrara models: ")
+    assert "malformed" in err
+    assert "\n" not in err
     assert "eta_bad" not in ModelRegistry(registry_root).names()
     assert register(applied_repo, registry_root, "eta_bad", tmp_path / "nowhere.txt") == 2
     assert "cannot read the model file" in capsys.readouterr().err

@@ -15,12 +15,14 @@ import pytest
 from serving.client import PredictionClient
 from serving.models.registry import ModelRegistry
 from serving.online.server import Server, ServerSettings
+from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.repo.compile import apply_repo
 from serving.repo.model_kinds import model_kind
 from serving.store.redis_process import RedisProcess
 from serving.training.train import train
+from tests.helpers import RPC_TIMEOUT_S, wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 BEARING = '''
 
@@ -82,7 +84,7 @@ def test_new_feature_is_served_after_apply_train_promote(
         registration = train(model_kind(repo, "eta"), repo, ModelRegistry(models)).registration
         assert registration.alias == "staging"
         ModelRegistry(models).promote("eta", registration.version, "production")
-        request = {
+        request: dict[str, list[float] | list[int]] = {
             "pickup_lat": [44.07],
             "pickup_lon": [10.09],
             "dropoff_lat": [44.09],
@@ -90,13 +92,14 @@ def test_new_feature_is_served_after_apply_train_promote(
             "request_ts_s": [int(time.time())],
         }
         entities = {"driver_id": [1], "pickup_zone_id": [1], "dropoff_zone_id": [2]}
-        with PredictionClient(f"127.0.0.1:{port}") as client:
-            deadline = time.monotonic() + 10
-            reply = client.predict("eta", entities, request, return_features=True)
-            while reply.model_version != str(registration.version) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        new = str(registration.version)
+        with PredictionClient(f"127.0.0.1:{port}", timeout_s=RPC_TIMEOUT_S) as client:
+
+            def new_version_served() -> pb.PredictResponse | None:
                 reply = client.predict("eta", entities, request, return_features=True)
-        assert reply.model_version == str(registration.version)
+                return reply if reply.model_version == new else None
+
+            reply = wait_until(new_version_served, timeout_s=10, what=f"eta:{new} served")
         names = list(reply.feature_names)
         bearing = reply.features[0].values[names.index("trip_bearing__bearing_deg")]
         assert bearing == pytest.approx(0.0, abs=0.5)  # due north

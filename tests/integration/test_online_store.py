@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.errors import InvalidRequestError, StoreUnavailableError
+from serving.ports import free_port
 from serving.repo.plan import Column, FeatureServicePlan, FeatureViewPlan, Projection, ServingPlan
 from serving.store import codec, encoding
 from serving.store.online_store import OnlineStore
 from serving.store.read_plan import build_read_plan
 from serving.store.reads import MISSING, PRESENT, STALE
+from serving.store.redis_process import RedisProcess
 from serving.store.settings import RedisSettings
 from serving.store.write_guard import RowBatch
-from tests.conftest import RedisServer
+from tests.helpers import raw_redis
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +76,9 @@ def store(redis_url: str) -> Iterator[OnlineStore]:
     store.close()
 
 
-def _batch(view: FeatureViewPlan, keys: list[list[object]], ts_us: list[int], columns) -> RowBatch:
+def _batch(
+    view: FeatureViewPlan, keys: Sequence[Sequence[object]], ts_us: list[int], columns
+) -> RowBatch:
     dtypes = [k.dtype for k in view.join_keys]
     names = [k.name for k in view.join_keys]
     return RowBatch(
@@ -125,7 +129,7 @@ TS = st.integers(-(2**40), 2**40)  # microseconds, before and after 1970
 def test_guard_follows_feast_rule_for_any_pair_of_timestamps(
     store: OnlineStore, redis_url: str, stored: int | None, new: int
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_redis(redis_url)
     client.flushdb()
     if stored is not None:
         _write_drivers(store, [7], [stored])
@@ -139,7 +143,7 @@ def test_guard_follows_feast_rule_for_any_pair_of_timestamps(
 
 
 def test_key_ttl_is_set_on_written_rows_only(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = raw_redis(redis_url)
     plain = OnlineStore(RedisSettings(redis_url), PROJECT)
     _write_drivers(plain, [1], [NOW_US])
     store = OnlineStore(RedisSettings(redis_url, key_ttl_s=1234), PROJECT)
@@ -159,7 +163,7 @@ def test_writing_one_view_leaves_another_view_on_the_same_key_alone(
     _write(store, other, _batch(other, [[1]], [NOW_US + 10], [[5]]))
     _write_drivers(store, [1], [NOW_US])
     key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[1]], PROJECT)[0]
-    fields = redis.Redis.from_url(redis_url).hgetall(key)
+    fields = raw_redis(redis_url).hgetall(key)
     assert fields[codec.field_name("driver_extra", "x")] == b"\x20\x05"
     assert len(fields) == 2 + 5  # (x, _ts:driver_extra) + 4 features and _ts:driver_stats
 
@@ -172,7 +176,7 @@ def test_read_decodes_into_a_matrix_with_status_and_event_times(store: OnlineSto
     _write(store, ZONE, _batch(ZONE, [[10, 20]], [NOW_US - 100 * HOUR_US] * 2, [[0.5, None]]))
     cats = {"driver_stats__vehicle": {b"\x12\x07economy": 0.0, b"\x12\x02xl": 1.0}}
     plan = build_read_plan(PLAN, SERVICE.projections[:3], categories=cats)
-    entities = {
+    entities: dict[str, Any] = {
         "driver_id": np.array([1, 2, 3, 4, 99, 1]),
         "pickup_zone_id": [10, 10, 20, 99, 10, 10],
         "dropoff_zone_id": [20, 10, 10, 10, 10, 10],
@@ -224,7 +228,7 @@ def test_composite_keys_with_string_and_int32_join_keys_and_a_join_key_map(
 
 def test_one_round_trip_with_one_hmget_per_distinct_key(store: OnlineStore, redis_url: str) -> None:
     _write_drivers(store, [1, 2], [NOW_US] * 2)
-    client = redis.Redis.from_url(redis_url)
+    client = raw_redis(redis_url)
     client.config_resetstat()
     plan = build_read_plan(PLAN, SERVICE.projections[:3])
     entities = {
@@ -253,8 +257,6 @@ def test_bad_entities_are_invalid_requests(store: OnlineStore) -> None:
 
 
 def test_unreachable_redis_is_store_unavailable_naming_the_redacted_url() -> None:
-    from tests.conftest import free_port
-
     url = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
     store = OnlineStore(RedisSettings(url), PROJECT)
     with pytest.raises(StoreUnavailableError, match=r"redis://:\*\*\*@127\.0\.0\.1") as error:
@@ -265,19 +267,24 @@ def test_unreachable_redis_is_store_unavailable_naming_the_redacted_url() -> Non
         store.read(plan, {"driver_id": [1]})
 
 
+PAUSE_MS = 2_000  # far beyond the 0.1 s deadline, so that a slow machine cannot outlast it
+
+
 def test_a_paused_redis_times_out_within_the_deadline(store: OnlineStore, redis_url: str) -> None:
     plan = build_read_plan(PLAN, SERVICE.projections[:1])
     store.read(plan, {"driver_id": [1]})  # a pooled connection exists
-    redis.Redis.from_url(redis_url).execute_command("CLIENT", "PAUSE", "600", "ALL")
+    raw_redis(redis_url).execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "ALL")
     started = time.perf_counter()
     with pytest.raises(StoreUnavailableError, match=r"[Tt]imeout"):
         store.read(plan, {"driver_id": [1]}, timeout_s=0.1)
     assert time.perf_counter() - started < 0.5
-    time.sleep(0.6)
-    assert store.read(plan, {"driver_id": [1]}).values.shape == (1, 4)
+    # Redis holds this read until its pause ends, then answers: on a fresh connection, as
+    # the one that timed out still has the late reply to the first read coming.
+    read = store.read(plan, {"driver_id": [1]}, timeout_s=PAUSE_MS / 1000 + 5)
+    assert read.values.shape == (1, 4)
 
 
-def test_store_recovers_after_redis_restarts(redis_server: RedisServer, redis_url: str) -> None:
+def test_store_recovers_after_redis_restarts(redis_server: RedisProcess, redis_url: str) -> None:
     store = OnlineStore(RedisSettings(redis_url), PROJECT)
     plan = build_read_plan(PLAN, SERVICE.projections[:1])
     _write_drivers(store, [1], [NOW_US])
@@ -296,13 +303,13 @@ def test_store_recovers_after_redis_restarts(redis_server: RedisServer, redis_ur
 
 
 def test_a_connection_that_redis_dropped_is_replaced_without_failing_a_read(
-    redis_server: RedisServer, redis_url: str
+    redis_server: RedisProcess, redis_url: str
 ) -> None:
     store = OnlineStore(RedisSettings(redis_url), PROJECT)
     plan = build_read_plan(PLAN, SERVICE.projections[:1])
     _write_drivers(store, [1], [NOW_US])
     assert store.read(plan, {"driver_id": [1]}, now_s=NOW_S).missing_per_row.tolist() == [0]
-    redis.Redis.from_url(redis_url).execute_command("CLIENT", "KILL", "TYPE", "normal")
+    raw_redis(redis_url).execute_command("CLIENT", "KILL", "TYPE", "normal")
     read = store.read(plan, {"driver_id": [1]}, now_s=NOW_S)  # the read link was killed
     assert read.values[0, :2].tolist() == [0.0, 0.0]
     store.close()
@@ -311,7 +318,7 @@ def test_a_connection_that_redis_dropped_is_replaced_without_failing_a_read(
 def test_an_error_reply_is_a_clear_store_error(store: OnlineStore, redis_url: str) -> None:
     plan = build_read_plan(PLAN, SERVICE.projections[:1])
     key = plan.groups[0].encode_keys([[1]])[0]
-    redis.Redis.from_url(redis_url).set(key, b"not a hash")
+    raw_redis(redis_url).set(key, b"not a hash")
     with pytest.raises(StoreUnavailableError, match="WRONGTYPE"):
         store.read(plan, {"driver_id": [1, 2]})
     _write_drivers(store, [2], [NOW_US])
@@ -327,7 +334,7 @@ def test_any_number_of_features_is_written_whole(
     columns = [[i, -i] for i in range(features)]
     assert _write(store, view, _batch(view, [[1, 2]], [NOW_US] * 2, columns)).written == 2
     key = encoding.encode_entity_keys(["driver_id"], ["Int64"], [[2]], PROJECT)[0]
-    stored = redis.Redis.from_url(redis_url).hgetall(key)
+    stored = raw_redis(redis_url).hgetall(key)
     assert len(stored) == features + 1
     assert [codec.decode_value(stored[codec.field_name("wide", n)]) for n in names] == [
         -i for i in range(features)

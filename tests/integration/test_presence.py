@@ -16,7 +16,7 @@ from serving.repo.plan import RepoFiles, load_plan
 from serving.store.online_store import OnlineStore
 from serving.store.presence import absent_views
 from serving.store.settings import redis_settings
-from tests.conftest import WORLD_END
+from tests.helpers import WORLD_END
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,9 +48,11 @@ def test_absent_views_names_exactly_the_views_without_keys(repo: Path, redis_url
 
 
 def test_incremental_run_over_an_empty_redis_says_so(repo: Path, redis_url: str) -> None:
-    window = {"start": WORLD_END - timedelta(days=3), "end": WORLD_END, "redis_url": redis_url}
-    first = materialize(repo, **window)
-    assert first.written > 0 and not first.absent
+    first = materialize(
+        repo, start=WORLD_END - timedelta(days=3), end=WORLD_END, redis_url=redis_url
+    )
+    assert first.written > 0
+    assert not first.absent
     redis.Redis.from_url(redis_url).flushall()  # a new, empty Redis behind the same repo
     again = materialize(repo, incremental=True, end=WORLD_END, redis_url=redis_url)
     assert again.written == 0

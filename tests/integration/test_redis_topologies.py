@@ -26,7 +26,7 @@ from serving.store.settings import (
     with_secrets_from_env,
 )
 from serving.store.write_guard import RowBatch
-from tests.helpers import wait_until
+from tests.helpers import hash_of, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +81,7 @@ class SentinelProcess:
             port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5, decode_responses=True
         )
         try:
-            host, port = client.sentinel_get_master_addr_by_name("mymaster")  # type: ignore[no-untyped-call]
+            host, port = client.sentinel_get_master_addr_by_name("mymaster")
             return str(host), int(port)
         except (redis.RedisError, TypeError):
             return None
@@ -91,7 +91,7 @@ class SentinelProcess:
     def knows_replicas(self) -> bool:
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
-            return bool(client.execute_command("SENTINEL", "REPLICAS", "mymaster"))  # type: ignore[no-untyped-call]
+            return bool(client.execute_command("SENTINEL", "REPLICAS", "mymaster"))
         except redis.RedisError:
             return False
         finally:
@@ -133,8 +133,9 @@ def test_sentinel_master_is_followed_through_a_failover(
     try:
         assert write_and_read(store, 1) == 1
         wait_until(
-            lambda: redis.Redis(port=replica.port).hgetall(
-                encoding.encode_entity_keys(["driver_id"], ["Int64"], [[7]], PROJECT)[0]
+            lambda: hash_of(
+                f"redis://127.0.0.1:{replica.port}/0",
+                encoding.encode_entity_keys(["driver_id"], ["Int64"], [[7]], PROJECT)[0],
             ),
             timeout_s=10,
             what="the replica has the row",

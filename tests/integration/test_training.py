@@ -11,6 +11,7 @@ import shutil
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ from serving.repo.compile import ensure_plan
 from serving.repo.model_kinds import model_kind
 from serving.repo.plan import Column
 from serving.training.train import train
-from tests.conftest import WORLD_END
+from tests.helpers import WORLD_END
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,6 +50,7 @@ def test_model_beats_every_naive_baseline_on_the_holdout(
     registry: ModelRegistry, applied_repo: Path, kind: str
 ) -> None:
     metrics = registry.card(kind).metrics
+    assert metrics is not None  # trained here, so scored on a holdout
     assert set(metrics.baselines) == {b.name for b in model_kind(applied_repo, kind).baselines}
     for baseline in metrics.baselines:
         gain = metrics.improvement_pct(baseline)
@@ -86,13 +88,16 @@ def test_card_records_window_rows_and_provenance(
 ) -> None:
     card = registry.card("pricing")
     labels = pd.read_parquet(applied_repo / model_kind(applied_repo, "pricing").label_table)
-    rows = card.rows
+    rows, window, metrics = card.rows, card.window, card.metrics
+    assert rows is not None
+    assert window is not None
+    assert metrics is not None
     assert rows.train + rows.validation + rows.holdout == len(labels)
-    assert rows.holdout == card.metrics.rows
+    assert rows.holdout == metrics.rows
     assert rows.holdout >= 0.15 * len(labels)
-    assert card.window.start == labels.event_timestamp.min()
-    assert card.window.end == labels.event_timestamp.max()
-    assert card.window.start < card.window.holdout_start < card.window.end <= WORLD_END
+    assert window.start == labels.event_timestamp.min()
+    assert window.end == labels.event_timestamp.max()
+    assert window.start < window.holdout_start < window.end <= WORLD_END
     assert re.fullmatch("[0-9a-f]{64}", card.data_fingerprint)
     # Not compared with today's registry: materialize records its intervals there since.
     assert re.fullmatch("[0-9a-f]{64}", card.registry_fingerprint)
@@ -122,13 +127,14 @@ def test_train_command_prints_the_comparison_and_registers(
     window = ["--start", iso(20), "--end", iso(4)]
     assert main(["train", "pricing", *args, *window]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"train pricing: [0-9,]+ labels .* \(train [0-9,]+, validation", out)
+    assert re.search(r"train pricing: [0-9,]+ labels, .* \(train [0-9,]+, validation", out)
     assert re.search(r"holdout \(\d+ rows\) +MAE +RMSE", out)
     assert re.search(r"last_surge +[0-9.]+ +[0-9.]+ +[+-]\d+\.\d%, [+-]\d+\.\d%", out)
     assert "registered pricing:1 as pricing@production (first version: production" in out
-    card = ModelRegistry(tmp_path / "models").card("pricing")
-    assert card.window.start >= WORLD_END - timedelta(hours=20)
-    assert card.window.end < WORLD_END - timedelta(hours=4)
+    trained = ModelRegistry(tmp_path / "models").card("pricing").window
+    assert trained is not None
+    assert trained.start >= WORLD_END - timedelta(hours=20)
+    assert trained.end < WORLD_END - timedelta(hours=4)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +182,7 @@ def test_bad_train_arguments_are_one_clear_line(
     ],
 )
 def test_bad_spec_is_refused_naming_what_is_wrong(
-    applied_repo: Path, tmp_path: Path, change: dict[str, str], error: type, message: str
+    applied_repo: Path, tmp_path: Path, change: dict[str, Any], error: type, message: str
 ) -> None:
     spec = replace(model_kind(applied_repo, "eta"), **change)
     with pytest.raises(error, match=message):

@@ -35,7 +35,8 @@ def test_feast_connection_string_is_read_as_feast_reads_it(
 
 def test_cluster_and_sentinel_settings_keep_every_node() -> None:
     cluster = feast_settings("a:1,b:2,c:3,ssl=true,password=x", "redis_cluster")
-    assert cluster.topology == "cluster" and cluster.nodes == (("a", 1), ("b", 2), ("c", 3))
+    assert cluster.topology == "cluster"
+    assert cluster.nodes == (("a", 1), ("b", 2), ("c", 3))
     assert cluster.options == {"ssl": True}
     assert cluster.connection_kwargs() == {"ssl": True, "password": "x"}
     sentinel = feast_settings("s1:26379,s2:26379", "redis_sentinel", "primary")

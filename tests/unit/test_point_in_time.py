@@ -242,7 +242,10 @@ def test_rounds_never_put_two_rows_sharing_keys_and_time_in_one_call() -> None:
             "dropoff": [5, 6, 5, 5, 7, 8],
         }
     )
-    key_sets = [("event_timestamp", "pickup"), ("event_timestamp", "dropoff")]
+    key_sets: list[tuple[str, ...]] = [
+        ("event_timestamp", "pickup"),
+        ("event_timestamp", "dropoff"),
+    ]
     rounds = _rounds(frame, key_sets)
     for r in set(rounds):
         members = frame[rounds == r]

@@ -11,7 +11,7 @@ from serving.pb.carrara.v1 import prediction_pb2 as pb
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_regenerate():  # type: ignore[no-untyped-def]
+def load_regenerate():
     spec = importlib.util.spec_from_file_location("regenerate", ROOT / "protos" / "regenerate.py")
     assert spec is not None
     assert spec.loader is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -128,7 +129,8 @@ def test_generate_keeps_some_nulls_for_new_drivers(world_data: Path) -> None:
     ("field", "value"), [("drivers", 0), ("zones", 2), ("hours", 1), ("hours", 10**6)]
 )
 def test_nonsense_sizes_are_refused(tmp_path: Path, field: str, value: int) -> None:
-    spec = WorldSpec(out=tmp_path, end=END, **{field: value})  # type: ignore[arg-type]
+    size: dict[str, Any] = {field: value}
+    spec = WorldSpec(out=tmp_path, end=END, **size)
     with pytest.raises(UsageError, match=field):
         generate(spec)
 
