@@ -28,9 +28,10 @@ from serving.store import codec, encoding
 from serving.store.online_store import OnlineStore
 from serving.store.read_plan import build_read_plan
 from serving.store.reads import PRESENT
+from serving.store.redis_process import RedisProcess
 from serving.store.settings import RedisSettings
 from serving.store.write_guard import RowBatch
-from tests.conftest import WORLD_END, RedisServer
+from tests.helpers import WORLD_END, Snapshot, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -170,7 +171,7 @@ def _driver_cities() -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def dedicated_repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Path:
+def dedicated_repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess) -> Path:
     repo = tmp_path_factory.mktemp("dedicated") / "repo"
     (repo / "data").mkdir(parents=True)
     # A unique module name: Feast imports repo files by name, and `definitions` is taken by
@@ -235,16 +236,6 @@ def feast_sample(sample_repo: Path) -> Feast:
     return Feast(sample_repo)
 
 
-Snapshot = dict[bytes, tuple[dict[bytes, bytes], int]]
-
-
-def snapshot(url: str) -> Snapshot:
-    client = redis.Redis.from_url(url)
-    state = {key: (client.hgetall(key), client.ttl(key)) for key in client.scan_iter(count=500)}
-    client.close()
-    return state
-
-
 def assert_same(feast: Snapshot, carrara: Snapshot) -> None:
     assert feast.keys() == carrara.keys()
     for key, (fields, ttl) in feast.items():
@@ -269,7 +260,7 @@ def _flush(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def dedicated_states(
-    redis_server: RedisServer, dedicated_repo: Path, feast_dedicated: Feast
+    redis_server: RedisProcess, dedicated_repo: Path, feast_dedicated: Feast
 ) -> dict[str, Snapshot]:
     """Redis after Feast's materialize and after Carrara's, from the same starting state."""
     url = redis_server.url
@@ -308,7 +299,7 @@ def test_the_older_row_did_not_overwrite_the_newer_one(
 
 
 def test_sample_repo_bytes_match_feast(
-    sample_repo: Path, feast_sample: Feast, redis_server: RedisServer
+    sample_repo: Path, feast_sample: Feast, redis_server: RedisProcess
 ) -> None:
     url = redis_server.url
     start, end = WORLD_END - timedelta(hours=6), WORLD_END
@@ -344,7 +335,7 @@ def _service_projections(repo: Path) -> tuple[Projection, ...]:
 
 
 def test_feast_reads_what_carrara_wrote(
-    redis_server: RedisServer, dedicated_repo: Path, feast_dedicated: Feast
+    redis_server: RedisProcess, dedicated_repo: Path, feast_dedicated: Feast
 ) -> None:
     url = redis_server.url
     _flush(url)
@@ -372,7 +363,7 @@ def test_feast_reads_what_carrara_wrote(
 
 
 def test_carrara_reads_what_feast_wrote(
-    redis_server: RedisServer, dedicated_repo: Path, feast_dedicated: Feast
+    redis_server: RedisProcess, dedicated_repo: Path, feast_dedicated: Feast
 ) -> None:
     url = redis_server.url
     _flush(url)
@@ -413,7 +404,7 @@ def test_carrara_reads_what_feast_wrote(
 
 
 def test_feast_and_carrara_resume_from_each_other_s_interval(
-    redis_server: RedisServer, dedicated_repo: Path, feast_dedicated: Feast
+    redis_server: RedisProcess, dedicated_repo: Path, feast_dedicated: Feast
 ) -> None:
     materialize(dedicated_repo, START, END + 2 * HOUR, views=["driver_city"])
     feast_dedicated.store.refresh_registry()
@@ -445,6 +436,6 @@ def test_feast_reserializes_carrara_s_registry_to_the_same_bytes(
 
 
 @pytest.fixture(autouse=True)
-def _clean_redis(redis_server: RedisServer) -> Iterator[None]:
+def _clean_redis(redis_server: RedisProcess) -> Iterator[None]:
     yield
     _flush(redis_server.url)

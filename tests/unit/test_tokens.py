@@ -43,6 +43,7 @@ def test_a_token_alone_may_call_everything_and_a_list_limits_it() -> None:
         (f"{A} eta,", "line 1: name 2 of its list"),
         (f"{A} eta,Pricing", "line 1: name 2 of its list"),
     ],
+    ids=["short", "comment", "not-ascii", "spaces", "empty-name", "capitals"],  # no random ids
 )
 def test_a_bad_line_is_named_by_number_and_never_quoted(line: str, needle: str) -> None:
     with pytest.raises(UsageError) as info:
