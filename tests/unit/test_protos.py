@@ -48,6 +48,7 @@ def test_contract_field_numbers_are_as_designed() -> None:
         "missing_features": 4,
         "feature_names": 5,
         "features": 6,
+        "degraded": 7,  # added: scored without the online store
     }
     info = pb.ModelInfo.DESCRIPTOR.fields_by_name
     assert {n: f.number for n, f in info.items()} == {
