@@ -17,13 +17,16 @@ Invariants:
   type that cannot carry the declared dtype, an unreadable file or a null join key is a
   DataError naming the file and column.
 - The result's columns are named as the view names them (the source's field_mapping applied)
-  plus `EVENT_TS`; naive timestamps are UTC.
+  plus `EVENT_TS`; naive timestamps are UTC. An entityless view gets Feast's dummy join key
+  `__dummy_id`, "" on every row, as Feast's offline store adds it.
+- A folder source is every Parquet file under it (hive-style partition folders included, as
+  Feast's dask reader takes them), in path order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from serving.errors import DataError
-from serving.repo.plan import FeatureViewPlan
+from serving.repo.plan import DUMMY_ENTITY_ID, FeatureViewPlan
 
 EVENT_TS = "__event_timestamp"
 CREATED_TS = "__created_timestamp"
@@ -54,6 +57,7 @@ class SourceColumns:
     dtypes: dict[str, str]  # view name -> Feast dtype
     event_ts: str
     created_ts: str | None
+    constants: frozenset[str] = frozenset()  # join keys not read but "" on every row
 
     @classmethod
     def of(cls, view: FeatureViewPlan) -> SourceColumns:
@@ -67,11 +71,22 @@ class SourceColumns:
             dtypes={c.name: c.dtype for c in (*view.join_keys, *view.features)},
             event_ts=view.source.timestamp_field,
             created_ts=view.source.created_timestamp_column,
+            constants=frozenset([DUMMY_ENTITY_ID]) if view.entityless else frozenset(),
         )
+
+    def read_keys(self) -> dict[str, str]:
+        """The join keys read from the source (the dummy key of entityless views is not)."""
+        return {k: raw for k, raw in self.join_keys.items() if k not in self.constants}
+
+    def with_constants(self, table: pa.Table) -> pa.Table:
+        for name in sorted(self.constants):
+            table = table.append_column(name, pa.array([""] * table.num_rows, pa.string()))
+        return table
 
     def renames(self) -> dict[str, str]:
         """Source column -> result column."""
-        out = {raw: name for name, raw in (*self.join_keys.items(), *self.features.items())}
+        keys = self.read_keys()
+        out = {raw: name for name, raw in (*keys.items(), *self.features.items())}
         out[self.event_ts] = EVENT_TS
         if self.created_ts:
             out[self.created_ts] = CREATED_TS
@@ -92,6 +107,22 @@ def source_files(view: FeatureViewPlan, repo: Path) -> list[str]:
         return sorted(ds.dataset(path, format="parquet").files)
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"feature view {view.name!r}: cannot read source {path}: {exc}") from exc
+
+
+def may_hold_nulls(view: FeatureViewPlan, files: list[str], feature: str) -> bool:
+    """Whether a feature's source column may hold a null (Parquet statistics; no statistics:
+    it may)."""
+    raw = SourceColumns.of(view).features[feature]
+    for path in files:
+        parquet = _open(path)
+        leaf = _leaf_index(parquet, raw)
+        if leaf is None:
+            return True
+        for group in range(parquet.metadata.num_row_groups):
+            stats = parquet.metadata.row_group(group).column(leaf).statistics
+            if stats is None or not stats.has_null_count or stats.null_count:
+                return True
+    return False
 
 
 def total_rows(files: list[str]) -> int:
@@ -141,13 +172,17 @@ class Latest:
     def num_rows(self) -> int:
         return int(self.where.num_rows)
 
-    def chunks(self, max_rows: int) -> Iterator[pa.Table]:
-        """The rows, as the view names its columns (+ EVENT_TS), at most `max_rows` at once."""
+    def chunks(self, max_rows: int, features: Sequence[str] | None = None) -> Iterator[pa.Table]:
+        """The rows, as the view names its columns (+ EVENT_TS), at most `max_rows` at once;
+        of `features` only (and the join keys) when given."""
         files = self.where[_FILE].to_numpy()
         rows = self.where[_ROW].to_numpy()
+        columns = self.columns
+        if features is not None:
+            columns = replace(columns, features={f: columns.features[f] for f in features})
         for index in np.unique(files).tolist():
             wanted = rows[files == index]
-            for table in _rows_of(self.columns, self.files[index], wanted):
+            for table in _rows_of(columns, self.files[index], wanted):
                 for first in range(0, table.num_rows, max_rows):
                     yield table.slice(first, max_rows)
 
@@ -165,7 +200,8 @@ def _key_batches(
 ) -> Iterator[pa.Table]:
     """Join keys, timestamps and positions of the rows in the window, batch by batch."""
     renames = columns.renames()
-    wanted = [*columns.join_keys.values(), columns.event_ts, *filter(None, [columns.created_ts])]
+    keys = columns.read_keys()
+    wanted = [*keys.values(), columns.event_ts, *filter(None, [columns.created_ts])]
     for index, path in enumerate(files):
         parquet = _open(path)
         _check_schema(columns, parquet.schema_arrow, path)
@@ -187,6 +223,7 @@ def _key_batches(
                 table = pa.Table.from_batches([batch]).rename_columns(
                     [renames[c] for c in batch.schema.names]
                 )
+                table = columns.with_constants(table)
                 table = table.append_column(_FILE, pa.array(np.full(len(table), index, np.int32)))
                 table = table.append_column(_ROW, pa.array(np.arange(offset, offset + len(table))))
                 offset += len(table)
@@ -204,7 +241,9 @@ def _rows_of(columns: SourceColumns, path: str, wanted: Any) -> Iterator[pa.Tabl
     """Full rows number `wanted` (sorted) of a file, read only from the batches holding them."""
     parquet = _open(path)
     renames = columns.renames()
-    names, order = list(renames), [*columns.join_keys, *columns.features, EVENT_TS]
+    # a stream feature view lists its join keys among its features too: one column serves both
+    order = list(dict.fromkeys([*columns.join_keys, *columns.features, EVENT_TS]))
+    names = list(renames)
     offset = 0
     for group in range(parquet.metadata.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
@@ -216,9 +255,8 @@ def _rows_of(columns: SourceColumns, path: str, wanted: Any) -> Iterator[pa.Tabl
                 a, b = np.searchsorted(wanted, [start, end])
                 if a < b:
                     table = pa.Table.from_batches([batch]).take(pa.array(wanted[a:b] - start))
-                    yield table.rename_columns([renames[c] for c in table.column_names]).select(
-                        order
-                    )
+                    table = table.rename_columns([renames[c] for c in table.column_names])
+                    yield columns.with_constants(table).select(order)
                 start = end
         offset += size
 
@@ -263,16 +301,28 @@ def _empty(columns: SourceColumns) -> pa.Table:
 # --- checks -----------------------------------------------------------------------------
 
 
+def check_source(view: FeatureViewPlan, files: list[str]) -> None:
+    """Every file's schema against the view's, before any row is read."""
+    columns = SourceColumns.of(view)
+    for path in files:
+        _check_schema(columns, _open(path).schema_arrow, path)
+
+
 def _check_schema(columns: SourceColumns, schema: pa.Schema, path: str) -> None:
-    wanted = {**columns.join_keys, **columns.features}
+    wanted = {**columns.read_keys(), **columns.features}
     for name, raw in wanted.items():
         if raw not in schema.names:
             raise DataError(f"{path}: no column {raw!r} (feature view {columns.view!r})")
         arrow_type = schema.field(raw).type
         if not _compatible(columns.dtypes[name], arrow_type):
+            hint = (
+                " (Feast's materialize cannot write an Arrow map: store a struct or JSON text)"
+                if "map<" in str(arrow_type) or columns.dtypes[name] == "Array(Map)"
+                else ""
+            )
             raise DataError(
                 f"{path}: column {raw!r} is {arrow_type}, but feature view "
-                f"{columns.view!r} declares {name!r} as {columns.dtypes[name]}"
+                f"{columns.view!r} declares {name!r} as {columns.dtypes[name]}{hint}"
             )
     for raw in filter(None, (columns.event_ts, columns.created_ts)):
         if raw not in schema.names:
@@ -284,12 +334,24 @@ def _check_schema(columns: SourceColumns, schema: pa.Schema, path: str) -> None:
 
 
 def _compatible(dtype: str, arrow_type: Any) -> bool:
+    """Whether Feast's materialize can write a column of `arrow_type` as `dtype`."""
     t = pa.types
-    if dtype.startswith("Array(") and dtype.endswith(")"):
-        is_list = t.is_list(arrow_type) or t.is_large_list(arrow_type)
-        return is_list and _compatible(dtype[6:-1], arrow_type.value_type)
+
+    def text(a: Any) -> bool:
+        return bool(t.is_string(a) or t.is_large_string(a))
+
+    if text(arrow_type) and dtype.startswith(("Map", "Struct(", "Array(Map)", "Array(Struct(")):
+        return True  # JSON text: Feast parses it
+    if dtype == "Array(Map)":
+        return False  # Feast refuses lists of structs for Array(Map): they reach it as arrays
+    for outer in ("Array(", "Set("):
+        if dtype.startswith(outer) and dtype.endswith(")"):
+            is_list = t.is_list(arrow_type) or t.is_large_list(arrow_type)
+            return is_list and _compatible(dtype[len(outer) : -1], arrow_type.value_type)
     if t.is_dictionary(arrow_type):
         return _compatible(dtype, arrow_type.value_type)
+    if dtype in ("Map", "Json") or dtype.startswith("Struct("):
+        return bool(t.is_struct(arrow_type) or text(arrow_type) or t.is_null(arrow_type))
     checks: dict[str, Callable[[Any], bool]] = {
         "Int64": t.is_integer,
         "Int32": t.is_integer,
@@ -299,13 +361,18 @@ def _compatible(dtype: str, arrow_type: Any) -> bool:
         "Bytes": lambda a: t.is_binary(a) or t.is_large_binary(a),
         "Bool": t.is_boolean,
         "UnixTimestamp": lambda a: t.is_timestamp(a) or t.is_integer(a),
+        "PdfBytes": lambda a: t.is_binary(a) or t.is_large_binary(a),
+        "ImageBytes": lambda a: t.is_binary(a) or t.is_large_binary(a),
+        "Uuid": text,
+        "TimeUuid": text,
+        "Decimal": lambda a: text(a) or t.is_decimal(a),
     }
     check = checks.get(dtype)
     return bool(check and (check(arrow_type) or t.is_null(arrow_type)))
 
 
 def _check_keys(columns: SourceColumns, table: pa.Table, path: str) -> None:
-    for name, raw in columns.join_keys.items():
+    for name, raw in columns.read_keys().items():
         nulls = table[name].null_count
         if nulls:
             raise DataError(f"{path}: join key column {raw!r} has {nulls} null values")

@@ -134,7 +134,7 @@ def load_feature_table(view: FeatureViewPlan, repo: Path, features: Sequence[str
     return FeatureTable(
         view=view.name,
         join_keys=tuple(key.name for key in view.join_keys),
-        ttl_ns=view.ttl_s * NS_PER_S,
+        ttl_ns=(view.ttl_s or 0) * NS_PER_S,  # ttl None and 0: no ttl
         key_values=key_values,
         distinct_keys=distinct_keys.astype(np.int64),
         key_ids=key_ids,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from serving.cli.arguments import Subparsers, repo_option
 
@@ -21,4 +22,6 @@ def run(args: argparse.Namespace) -> int:
         f"apply: {len(plan.feature_views)} feature views, {len(plan.on_demand_views)} on-demand "
         f"views, {len(plan.feature_services)} feature services -> {plan.path}"
     )
+    for record in plan.unsupported:  # the plan compiled the rest; a command needing it refuses
+        print(f"apply: warning: {record.describe()}", file=sys.stderr)
     return 0

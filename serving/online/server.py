@@ -185,7 +185,8 @@ class Server:
         served as missing, which looks like a healthy server giving poor scores."""
         views = self.predictor.served_views()
         try:
-            absent = absent_views(self.store, views)
+            version = self.predictor.plan.entity_key_serialization_version
+            absent = absent_views(self.store, views, key_version=version)
         except StoreUnavailableError as exc:
             log.warning("could not check the online store for served views: %s", exc)
             return

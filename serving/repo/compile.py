@@ -4,6 +4,10 @@ One of the two modules that import Feast (with historical.py), and lazily: `impo
 takes seconds (benchmarks/README.md). Everything downstream reads the plain `ServingPlan`
 instead. `ensure_plan` is how other commands get a
 plan: read it when current, otherwise compile it once from Feast's registry.
+
+The plan compiles what it can: a view, on-demand view or setting Carrara cannot handle is
+recorded as `Unsupported` (Feast's docs term, the reason, and which use needs it), which
+`carrara apply` prints as warnings; only a command that needs it refuses (see plan.py).
 """
 
 from __future__ import annotations
@@ -19,7 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from serving.errors import PlanError
+from serving.repo.feast_registry import read_registry, views_without_ttl
 from serving.repo.plan import (
+    DUMMY_ENTITY_ID,
+    MATERIALIZE,
+    SERVE,
     BatchSource,
     Column,
     FeatureServicePlan,
@@ -28,6 +36,7 @@ from serving.repo.plan import (
     Projection,
     RepoFiles,
     ServingPlan,
+    Unsupported,
     load_plan,
     save_plan,
 )
@@ -63,24 +72,88 @@ def apply_repo(repo: Path) -> ServingPlan:
 
 def compile_plan(files: RepoFiles) -> ServingPlan:
     fingerprint = files.registry_fingerprint()
+    no_ttl = views_without_ttl(read_registry(files.registry), files.project)
     with feast_context(files.repo):
         from feast import FeatureStore
 
         try:
             store = FeatureStore(repo_path=str(files.repo))
-            views = store.list_feature_views()
+            views = [*store.list_feature_views(), *store.list_stream_feature_views()]
             on_demand = store.list_on_demand_feature_views()
             services = store.list_feature_services()
         except Exception as exc:  # Feast raises many unrelated types; all mean "unreadable"
             raise PlanError(f"cannot read the Feast registry {files.registry}: {exc}") from exc
+        unsupported = _unsupported_settings(files)
+        feature_views: dict[str, FeatureViewPlan] = {}
+        for view in views:
+            feature_views[view.name] = _view_plan(view, view.name in no_ttl)
+            unsupported += _guarded(view, "feature view", _view_unsupported)
+        on_demand_views: dict[str, OnDemandViewPlan] = {}
+        for odfv in on_demand:
+            found = _guarded(odfv, "on-demand feature view", _odfv_unsupported)
+            if not any(SERVE in u.needed_by for u in found):
+                found += _guarded(odfv, "on-demand feature view", _odfv_plan_into(on_demand_views))
+            unsupported += found
         plan = ServingPlan(
             project=files.project,
             registry_fingerprint=fingerprint,
-            feature_views={v.name: _view_plan(v) for v in views},
-            on_demand_views={v.name: _odfv_plan(v) for v in on_demand},
+            feature_views=feature_views,
+            on_demand_views=on_demand_views,
             feature_services={s.name: _service_plan(s) for s in services},
+            unsupported=tuple(unsupported),
+            entity_key_serialization_version=files.entity_key_serialization_version,
         )
+    for record in plan.unsupported:  # `carrara apply` prints them; commands warn of them
+        log.info("%s", record.describe())
     return save_plan(plan, files.plan)
+
+
+def _guarded(view: Any, kind: str, check: Any) -> list[Unsupported]:
+    """`check(view)`, or the exception it raised as the reason the view is unsupported."""
+    try:
+        found: list[Unsupported] = check(view)
+    except Exception as exc:  # a construct this code does not know: record, never crash
+        return [
+            Unsupported(view.name, type(view).__name__, f"cannot compile it: {exc}", None, kind)
+        ]
+    return found
+
+
+def _unsupported_settings(files: RepoFiles) -> list[Unsupported]:
+    """feature_store.yaml settings that change the bytes in ways Carrara does not follow."""
+    found = []
+    version = files.config.get("entity_key_serialization_version", 3)
+    if version not in (1, 2, 3):
+        found.append(
+            Unsupported(
+                None,
+                f"entity_key_serialization_version: {version}",
+                "Feast 0.67 writes entity keys in versions 1, 2 and 3 only",
+                kind="setting",
+            )
+        )
+    registry = files.config.get("registry")
+    if isinstance(registry, dict) and registry.get("enable_online_feature_view_versioning"):
+        found.append(
+            Unsupported(
+                None,
+                "registry.enable_online_feature_view_versioning: true",
+                "Feast then names hash fields after each view's version (view_vN)",
+                kind="setting",
+            )
+        )
+    if files.online_store.get("skip_dedup"):
+        found.append(
+            Unsupported(
+                None,
+                "online_store.skip_dedup: true",
+                "ignored: Carrara always writes a row only when newer than the stored one, "
+                "so its result differs from Feast's only where Redis holds newer rows",
+                kind="setting",
+                needed_by=(),
+            )
+        )
+    return found
 
 
 @contextlib.contextmanager
@@ -116,32 +189,108 @@ def _forget_repo_modules(repo: Path) -> None:
             del sys.modules[name]
 
 
-def _view_plan(view: Any) -> FeatureViewPlan:
+def _view_plan(view: Any, no_ttl: bool) -> FeatureViewPlan:
+    """The view as plain data; `no_ttl`: declared with ttl=None (the registry has no ttl)."""
     source = view.batch_source
-    path = getattr(source, "path", None)
+    keys = tuple(Column(c.name, str(c.dtype)) for c in view.entity_columns)
     return FeatureViewPlan(
         name=view.name,
-        join_keys=tuple(Column(c.name, str(c.dtype)) for c in view.entity_columns),
-        features=tuple(Column(f.name, str(f.dtype)) for f in view.features),
-        ttl_s=int(view.ttl.total_seconds()) if view.ttl else 0,
+        join_keys=keys or (Column(DUMMY_ENTITY_ID, "String"),),  # entityless, as Feast keys it
+        features=tuple(
+            Column(f.name, str(f.dtype), bool(f.vector_index), int(f.vector_length or 0))
+            for f in view.features
+        ),
+        ttl_s=None if no_ttl else int(view.ttl.total_seconds()) if view.ttl else 0,
         source=BatchSource(
-            path=path,
+            path=source.path,
             timestamp_field=source.timestamp_field,
             created_timestamp_column=source.created_timestamp_column or None,
             field_mapping=dict(source.field_mapping or {}),
         )
-        if path
+        if _parquet_file_source(source)
         else None,
         online=bool(view.online),
+        enabled=bool(getattr(view, "enabled", True)),
     )
 
 
-def _odfv_plan(view: Any) -> OnDemandViewPlan:
-    if view.mode != "python" or view.singleton:
-        raise PlanError(
-            f"on-demand feature view {view.name!r}: only python mode over columns is served "
-            f"(mode={view.mode!r}, singleton={view.singleton})"
+def _parquet_file_source(source: Any) -> bool:
+    from feast import FileSource
+    from feast.data_format import ParquetFormat
+
+    file_format = getattr(source, "file_format", None)
+    parquet = file_format is None or isinstance(file_format, ParquetFormat)
+    return isinstance(source, FileSource) and bool(source.path) and parquet
+
+
+def _view_unsupported(view: Any) -> list[Unsupported]:
+    """What stops Carrara from materializing the view as `feast materialize` does."""
+    found = []
+    source = view.batch_source
+    if source is not None and not _parquet_file_source(source):
+        file_format = getattr(source, "file_format", None)
+        construct = type(source).__name__ + (
+            f" with {type(file_format).__name__}" if file_format is not None else ""
         )
+        reason = "Carrara materializes FileSource batch sources of Parquet files only"
+        found.append(Unsupported(view.name, construct, reason, needed_by=(MATERIALIZE,)))
+    if source is None:
+        reason = "it has no batch source to materialize from"
+        found.append(
+            Unsupported(view.name, "a view without batch_source", reason, needed_by=(MATERIALIZE,))
+        )
+    transformation = getattr(view, "feature_transformation", None) or getattr(view, "udf", None)
+    if transformation is not None or getattr(view, "aggregations", None):
+        construct = f"{type(view).__name__} with a " + (
+            "transformation" if transformation is not None else "aggregation"
+        )
+        reason = "Carrara writes source columns as they are; it runs no transformation"
+        found.append(Unsupported(view.name, construct, reason, needed_by=(MATERIALIZE,)))
+    if getattr(view, "source_views", None):
+        reason = "Carrara materializes views over a batch source only"
+        found.append(
+            Unsupported(
+                view.name,
+                "a feature view over other feature views (source_views)",
+                reason,
+                needed_by=(MATERIALIZE,),
+            )
+        )
+    return found
+
+
+def _odfv_unsupported(view: Any) -> list[Unsupported]:
+    found = []
+    if view.mode != "python" or view.singleton:
+        construct = f'mode="{view.mode}"' + (", singleton=True" if view.singleton else "")
+        reason = "Carrara computes python-mode on-demand views over columns only"
+        found.append(
+            Unsupported(view.name, construct, reason, None, "on-demand feature view", (SERVE,))
+        )
+    if getattr(view, "write_to_online_store", False):
+        reason = "Carrara runs no on-demand transformation at materialize time"
+        found.append(
+            Unsupported(
+                view.name,
+                "on-demand feature view with write_to_online_store=True",
+                reason,
+                None,
+                "on-demand feature view",
+                (MATERIALIZE,),
+            )
+        )
+    return found
+
+
+def _odfv_plan_into(plans: dict[str, OnDemandViewPlan]) -> Any:
+    def compile_into(view: Any) -> list[Unsupported]:
+        plans[view.name] = _odfv_plan(view)
+        return []
+
+    return compile_into
+
+
+def _odfv_plan(view: Any) -> OnDemandViewPlan:
     request_fields = tuple(
         Column(f.name, str(f.dtype))
         for src in view.source_request_sources.values()

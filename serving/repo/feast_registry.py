@@ -7,9 +7,14 @@ registry.db is one serialized `feast.core.Registry` protobuf. We edit it at the 
 the message is a sequence of (field number, wire type, payload) records, and only these are
 read or rewritten (numbers from feast/protos/feast/core/{Registry,FeatureView}.proto, 0.67):
 
-    Registry     4 version_id (string), 5 last_updated (Timestamp), 6 feature_views (repeated)
-    FeatureView  1 spec {1 name, 2 project}, 2 meta
+    Registry     4 version_id (string), 5 last_updated (Timestamp), 6 feature_views (repeated),
+                 14 stream_feature_views (repeated)
+    FeatureView  1 spec {1 name, 2 project, 6 ttl}, 2 meta
+    StreamFeatureView  1 spec {1 name, 2 project, 9 ttl}, 2 meta
     Meta         2 last_updated_timestamp, 3 materialization_intervals {1 start, 2 end}, 6 state
+
+Also read here: whether a view's spec holds a ttl at all. Feast's Python objects turn a missing
+ttl (declared ttl=None) into timedelta(0); the registry bytes keep the two apart.
 
 Invariants:
 - Every other byte is copied verbatim, so fields this module does not know survive untouched.
@@ -36,6 +41,7 @@ from serving.errors import PlanError
 from serving.files import replacing
 
 AVAILABLE_ONLINE = 4
+_VIEW_FIELDS = (6, 14)  # Registry.feature_views, Registry.stream_feature_views (same layout)
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 
 
@@ -178,11 +184,26 @@ def _amend_view(view: bytes, start: datetime, end: datetime, now: datetime) -> b
     return b"".join(out_records)
 
 
+def views_without_ttl(registry: bytes, project: str) -> set[str]:
+    """Feature views (and stream feature views) of `project` whose spec holds no ttl."""
+    ttl_field = {6: 6, 14: 9}  # registry field of the view kind -> its spec's ttl field
+    found = set()
+    for rec in _records(registry):
+        if rec.number not in ttl_field:
+            continue
+        name, view_project = _view_identity(rec.payload)
+        spec = next((r.payload for r in _records(rec.payload) if r.number == 1), b"")
+        has_ttl = any(r.number == ttl_field[rec.number] for r in _records(spec))
+        if view_project == project and not has_ttl:
+            found.add(name)
+    return found
+
+
 def materialized_until(registry: bytes, project: str) -> dict[str, datetime]:
     """Per feature view of `project`, the latest end of its materialized intervals."""
     until: dict[str, datetime] = {}
     for rec in _records(registry):
-        if rec.number != 6:
+        if rec.number not in _VIEW_FIELDS:
             continue
         name, view_project = _view_identity(rec.payload)
         ends = [end for _, end in _intervals(_meta(rec.payload))]
@@ -202,11 +223,11 @@ def with_materialization(
     records, numbers = [], []
     for rec in _records(registry):
         raw = rec.raw
-        if rec.number == 6:
+        if rec.number in _VIEW_FIELDS:
             name, view_project = _view_identity(rec.payload)
             if view_project == project and name in missing:
                 missing.discard(name)
-                raw = _len_record(6, _amend_view(rec.payload, *intervals[name], now))
+                raw = _len_record(rec.number, _amend_view(rec.payload, *intervals[name], now))
         records.append(raw)
         numbers.append(rec.number)
     if missing:

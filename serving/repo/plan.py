@@ -5,9 +5,16 @@
 seconds. It carries the SHA-256 of the registry it was compiled from: when the
 registry changes (another `feast apply`), the plan is stale and is compiled again.
 
-Invariants: types are Feast's own type strings ("Int64", "Float32", "Array(String)", ...);
-join keys keep the view's declared order (key encoding sorts them itself); a projection's
-`join_key_map` maps the view's join key to the column the caller sends.
+Invariants: types are Feast's own type strings ("Int64", "Float32", "Array(String)", "Map",
+"Struct({name: String})", ...); join keys keep the view's declared order (key encoding sorts
+them itself); an entityless view has Feast's dummy join key `__dummy_id` (String, always "");
+a projection's `join_key_map` maps the view's join key to the column the caller sends.
+
+The plan compiles what it can: a construct it cannot compile (a pandas-mode on-demand view, a
+batch source other than Parquet files, a transformation, ...) is recorded as `Unsupported`,
+with Feast's docs term and the reason, and only a command that needs it refuses (looking a
+view up names the record). `ttl_s` keeps Feast's ttl=None (None) apart from ttl=0 (0); both
+mean "no ttl" to reads and to an incremental start, as in Feast 0.67.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,10 @@ import yaml
 from serving.errors import PlanError
 from serving.files import write_atomic
 
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 PLAN_FILE = "carrara_plan.json"
+DUMMY_ENTITY_ID = "__dummy_id"  # Feast's join key of entityless views, its value always ""
+MATERIALIZE, SERVE = "materialize", "serve"  # what needs a construct: writing it, or reading it
 
 
 # Columns of rows by name: one value per row (a list or a numpy array), as requests, batch
@@ -38,6 +47,8 @@ ColumnValues = Mapping[str, Any]
 class Column:
     name: str
     dtype: str
+    vector_index: bool = False  # Feast's Field.vector_index: materialize checks the width
+    vector_length: int = 0  # the declared width; 0: the first non-null row's, as Feast infers
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,14 @@ class FeatureViewPlan:
     name: str
     join_keys: tuple[Column, ...]
     features: tuple[Column, ...]
-    ttl_s: int  # 0: no ttl
+    ttl_s: int | None  # None: declared without ttl (ttl=None); 0: ttl=0; both: no ttl
     source: BatchSource | None
     online: bool = True
+    enabled: bool = True  # Feast's `enabled`: a disabled view is not materialized by default
+
+    @property
+    def entityless(self) -> bool:
+        return tuple(k.name for k in self.join_keys) == (DUMMY_ENTITY_ID,)
 
     def feature(self, name: str) -> Column:
         for column in self.features:
@@ -76,6 +92,26 @@ class OnDemandViewPlan:
     udf_source: str
     module: str | None = None
     function: str | None = None
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A construct of the repo the plan could not compile, and why; `feature` when only one
+    feature is concerned, `view` None for a repo-wide setting. `needed_by` names the uses that
+    must refuse it: MATERIALIZE (writing the view) and/or SERVE (reading or computing it)."""
+
+    view: str | None  # the feature view, on-demand feature view or feature service
+    construct: str  # Feast's docs term for it, e.g. 'on-demand feature view, mode="pandas"'
+    reason: str
+    feature: str | None = None
+    kind: str = "feature view"  # "feature view", "on-demand feature view", "setting", ...
+    needed_by: tuple[str, ...] = (MATERIALIZE, SERVE)
+
+    def describe(self) -> str:
+        where = "setting" if self.view is None else f"{self.kind} {self.view!r}"
+        if self.feature is not None:
+            where += f", feature {self.feature!r}"
+        return f"{where}: {self.construct} is not supported by Carrara ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -101,12 +137,31 @@ class ServingPlan:
     feature_services: dict[str, FeatureServicePlan]
     format: int = PLAN_FORMAT
     path: Path | None = None  # where it was read from or written to (not serialised)
+    unsupported: tuple[Unsupported, ...] = ()
+    entity_key_serialization_version: int = 3  # feature_store.yaml's, when compiled
 
     def feature_view(self, name: str) -> FeatureViewPlan:
+        self.require_supported([name], SERVE)
         try:
             return self.feature_views[name]
         except KeyError:
             raise PlanError(f"no feature view {name!r} in project {self.project!r}") from None
+
+    def unsupported_in(self, names: Sequence[str], use: str) -> list[Unsupported]:
+        """The records `use` must refuse for the named views, repo-wide settings included."""
+        wanted = set(names)
+        return [
+            u
+            for u in self.unsupported
+            if use in u.needed_by and (u.view is None or u.view in wanted)
+        ]
+
+    def require_supported(self, names: Sequence[str], use: str) -> None:
+        """PlanError naming the first construct of the named views `use` cannot handle."""
+        found = self.unsupported_in(names, use)
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise PlanError(found[0].describe() + more)
 
     def feature_service(self, name: str) -> FeatureServicePlan:
         try:
@@ -189,9 +244,16 @@ def load_plan(files: RepoFiles) -> ServingPlan:
         ) from None
     except (OSError, ValueError) as exc:
         raise PlanError(f"unreadable serving plan {path}: {exc}") from exc
+    if data.get("format") != PLAN_FORMAT:
+        raise PlanError(
+            f"serving plan {path} has format {data.get('format')}, expected {PLAN_FORMAT}"
+        )
     plan = plan_from_dict(data)
-    if plan.format != PLAN_FORMAT:
-        raise PlanError(f"serving plan {path} has format {plan.format}, expected {PLAN_FORMAT}")
+    if plan.entity_key_serialization_version != files.entity_key_serialization_version:
+        raise PlanError(
+            f"serving plan {path} is stale: feature_store.yaml's entity_key_serialization_version "
+            f"changed since it was compiled; run `carrara apply --repo {files.repo}`"
+        )
     if plan.registry_fingerprint != files.registry_fingerprint():
         raise PlanError(
             f"serving plan {path} is stale: the registry changed since it was compiled; "
@@ -226,12 +288,17 @@ def plan_from_dict(data: dict[str, Any]) -> ServingPlan:
                 )
                 for k, v in data["feature_services"].items()
             },
+            unsupported=tuple(
+                Unsupported(**{**u, "needed_by": tuple(u["needed_by"])})
+                for u in data["unsupported"]
+            ),
+            entity_key_serialization_version=data["entity_key_serialization_version"],
         )
     except (KeyError, TypeError) as exc:
         raise PlanError(f"serving plan is malformed ({exc!r}); run `carrara apply` again") from exc
 
 
-def _columns(items: list[dict[str, str]]) -> tuple[Column, ...]:
+def _columns(items: list[dict[str, Any]]) -> tuple[Column, ...]:
     return tuple(Column(**item) for item in items)
 
 
@@ -244,6 +311,7 @@ def _view_from_dict(v: dict[str, Any]) -> FeatureViewPlan:
         ttl_s=v["ttl_s"],
         source=BatchSource(**source) if source else None,
         online=v["online"],
+        enabled=v["enabled"],
     )
 
 

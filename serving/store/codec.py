@@ -1,11 +1,11 @@
 """Feast 0.67's Redis format, the request path's half: names, keys, decoding Values.
 
-Concern: the exact bytes Feast 0.67 keeps in its Redis online store with
-``entity_key_serialization_version = 3`` (see FEAST_REDIS_FORMAT.md in the design notes): the
-hash key of one entity, the hash field names, and the decoding of serialized
-``feast.types.Value`` feature values and the ``google.protobuf.Timestamp`` under ``_ts:{view}``.
-Encoding whole columns for writes lives in encoding.py (it needs pyarrow; this module must not,
-so the request path stays free of it).
+Concern: the exact bytes Feast 0.67 keeps in its Redis online store (see FEAST_REDIS_FORMAT.md
+in the design notes): the hash key of one entity (``entity_key_serialization_version`` 3, the
+default, and the deprecated 2 and 1 that Feast 0.67 still writes when configured), the hash
+field names, and the decoding of serialized ``feast.types.Value`` feature values and the
+``google.protobuf.Timestamp`` under ``_ts:{view}``. Encoding whole columns for writes lives in
+encoding.py (it needs pyarrow; this module must not, so the request path stays free of it).
 
 Invariants:
 - Pure: no I/O; neither redis nor feast nor pyarrow is imported.
@@ -30,7 +30,9 @@ import numpy.typing as npt
 
 __all__ = [
     "DTYPE_TAGS",
+    "KEY_VERSIONS",
     "CodecError",
+    "check_key_version",
     "decode_numeric",
     "decode_timestamp_micros",
     "decode_value",
@@ -41,6 +43,8 @@ __all__ = [
     "key_order",
     "ts_field",
 ]
+
+KEY_VERSIONS: Final = (1, 2, 3)  # entity_key_serialization_version values Feast 0.67 writes
 
 
 class CodecError(ValueError):
@@ -70,9 +74,24 @@ def ts_field(view: str) -> bytes:
     return b"_ts:" + view.encode("utf-8")
 
 
-def entity_key_prefix(join_keys: Sequence[str]) -> bytes:
-    """Key bytes before the entity values (``serialize_entity_key_prefix``, v3)."""
+def check_key_version(version: int) -> int:
+    """`version` when Feast 0.67 writes keys in it, else a CodecError saying which it writes."""
+    if version not in KEY_VERSIONS:
+        raise CodecError(
+            f"entity_key_serialization_version {version!r}: Feast 0.67 writes versions "
+            f"{', '.join(map(str, KEY_VERSIONS))} only"
+        )
+    return version
+
+
+def entity_key_prefix(join_keys: Sequence[str], version: int = 3) -> bytes:
+    """Key bytes before the entity values (``serialize_entity_key_prefix``).
+
+    Version 3 counts the join keys and gives each name's length; versions 1 and 2 do neither.
+    """
     names = [name.encode("utf-8") for name in sorted(join_keys)]
+    if check_key_version(version) < 3:
+        return b"".join(struct.pack("<I", _STRING_TAG) + name for name in names)
     parts = [struct.pack("<I", len(names))]
     parts += [struct.pack("<II", _STRING_TAG, len(name)) + name for name in names]
     return b"".join(parts)
@@ -93,18 +112,22 @@ def key_order(join_keys: Sequence[str], dtypes: Sequence[str], n_values: int) ->
 
 
 def encode_entity_key(
-    join_keys: Sequence[str], dtypes: Sequence[str], values: Sequence[object], project: str
+    join_keys: Sequence[str],
+    dtypes: Sequence[str],
+    values: Sequence[object],
+    project: str,
+    version: int = 3,
 ) -> bytes:
     """Redis key for one entity; the per-request path, so plain ``struct`` and no arrays."""
-    parts = [entity_key_prefix(join_keys)]
+    parts = [entity_key_prefix(join_keys, version)]
     for i in key_order(join_keys, dtypes, len(values)):
-        raw = _key_value_bytes(join_keys[i], dtypes[i], values[i])
+        raw = _key_value_bytes(join_keys[i], dtypes[i], values[i], version)
         parts.append(struct.pack("<II", DTYPE_TAGS[dtypes[i]], len(raw)) + raw)
     parts.append(project.encode("utf-8"))
     return b"".join(parts)
 
 
-def _key_value_bytes(name: str, dtype: str, value: object) -> bytes:
+def _key_value_bytes(name: str, dtype: str, value: object, version: int = 3) -> bytes:
     what = f"join key {name!r} ({dtype}) row 0"
     if value is None or (isinstance(value, float) and value != value):
         raise CodecError(f"{what}: null entity value")
@@ -113,6 +136,8 @@ def _key_value_bytes(name: str, dtype: str, value: object) -> bytes:
             return value.encode("utf-8")
         if dtype == "Bytes" and isinstance(value, bytes | bytearray):
             return bytes(value)
+        if dtype == "Int64" and version < 2 and _is_int(value):
+            return _v1_int64(int(value), what)
         if dtype in ("Int64", "Int32") and _is_int(value):
             return struct.pack("<q" if dtype == "Int64" else "<i", int(value))
         if dtype == "UnixTimestamp":
@@ -122,6 +147,16 @@ def _key_value_bytes(name: str, dtype: str, value: object) -> bytes:
     except struct.error as exc:
         raise CodecError(f"{what}: {value!r} out of range") from exc
     raise CodecError(f"{what}: {type(value).__name__} value {value!r} is not a {dtype}")
+
+
+def _v1_int64(value: int, what: str) -> bytes:
+    """Version 1 packs an Int64 key in 4 bytes (``struct.pack("<l")``): Feast fails beyond."""
+    if not -(1 << 31) <= value < 1 << 31:
+        raise CodecError(
+            f"{what}: {value} does not fit the 4 bytes entity_key_serialization_version 1 "
+            "gives an Int64 join key (Feast's materialize fails on it too)"
+        )
+    return struct.pack("<i", value)
 
 
 def _is_int(value: object) -> TypeGuard[int | np.integer[Any]]:

@@ -11,7 +11,10 @@ Invariants:
 - Encoders are byte-identical to Feast's materialize path (tests use Feast as the oracle).
 - Null (None/NaN/NaT) encodes to ``b""``, except UnixTimestamp, which Feast writes as
   ``unix_timestamp_val = INT64_MIN``; both decode to None. List elements are never null: a
-  null element becomes Feast's default (0, 0.0, "", b"", False, INT64_MIN).
+  null element becomes what Feast's materialize writes for it ("", b"", False, INT64_MIN, and
+  NaN for floats), and a null element in a list of integers is refused, as Feast refuses it.
+- The types this module has no column encoder for (Map, Json, Struct, Uuid, Decimal, sets,
+  nested lists, ...) go through python_values.py, Feast's conversion ported, row by row.
 - Column encoders work on whole numpy/pyarrow buffers; the only per-row Python work is
   creating each output ``bytes`` object. No protobuf message is ever built.
 - Timestamps are int64 UTC microseconds (or whole seconds, floored, for UnixTimestamp
@@ -30,6 +33,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from serving.store.codec import DTYPE_TAGS, CodecError, entity_key_prefix, key_order
+from serving.store.python_values import encode_python_values, value_kind
 
 __all__ = ["encode_entity_keys", "encode_timestamps", "encode_values", "timestamp_micros"]
 
@@ -80,8 +84,9 @@ def encode_entity_keys(
     dtypes: Sequence[str],
     columns: Sequence[ArrayLike],
     project: str,
+    version: int = 3,
 ) -> list[bytes]:
-    """Redis keys (v3 entity key + project) for every row of the join-key columns."""
+    """Redis keys (entity key of `version`, v3 by default, + project) for every row."""
     order = key_order(join_keys, dtypes, len(columns))
     lengths = {len(columns[i]) for i in order}
     if len(lengths) > 1:
@@ -91,14 +96,16 @@ def encode_entity_keys(
     n = lengths.pop()
     if n == 0:
         return []
-    segments: list[_Rows | _Flat] = [_const_rows(entity_key_prefix(join_keys), n)]
+    segments: list[_Rows | _Flat] = [_const_rows(entity_key_prefix(join_keys, version), n)]
     for i in order:
-        segments += _key_segments(join_keys[i], dtypes[i], columns[i], n)
+        segments += _key_segments(join_keys[i], dtypes[i], columns[i], n, version)
     segments.append(_const_rows(project.encode("utf-8"), n))
     return _join(segments)
 
 
-def _key_segments(name: str, dtype: str, column: ArrayLike, n: int) -> list[_Rows | _Flat]:
+def _key_segments(
+    name: str, dtype: str, column: ArrayLike, n: int, version: int = 3
+) -> list[_Rows | _Flat]:
     """One join key's part of every key: u32 tag, u32 length, value bytes."""
     what = f"join key {name!r} ({dtype})"
     if dtype in ("String", "Bytes"):
@@ -116,12 +123,25 @@ def _key_segments(name: str, dtype: str, column: ArrayLike, n: int) -> list[_Row
         nulls = _nulls(arr)
         values = _filled(arr).to_numpy(zero_copy_only=False)
     _reject_nulls(nulls, what)
-    fmt = "<i4" if dtype == "Int32" else "<i8"
+    if dtype == "Int64" and version < 2:  # version 1: Int64 keys in 4 bytes, as Feast packs them
+        _reject_beyond_int32(np.asarray(values, np.int64), what)
+    fmt = "<i4" if dtype == "Int32" or (dtype == "Int64" and version < 2) else "<i8"
     width = np.dtype(fmt).itemsize
     raw = np.ascontiguousarray(values, dtype=fmt).view(np.uint8).reshape(n, width)
     return [
         _concat_rows(_const_rows(struct.pack("<II", DTYPE_TAGS[dtype], width), n), _fixed_rows(raw))
     ]
+
+
+def _reject_beyond_int32(values: I64, what: str) -> None:
+    beyond = (values < -(1 << 31)) | (values >= 1 << 31)
+    if beyond.any():
+        row = int(np.argmax(beyond))
+        raise CodecError(
+            f"{what}: row {row}: {int(values[row])} does not fit the 4 bytes "
+            "entity_key_serialization_version 1 gives an Int64 join key "
+            "(Feast's materialize fails on it too)"
+        )
 
 
 def _reject_nulls(nulls: Mask, what: str) -> None:
@@ -381,10 +401,33 @@ def encode_values(dtype: str, column: ArrayLike) -> list[bytes]:
     """Serialized ``feast.types.Value`` per row of ``column``, as Feast materialize writes."""
     if dtype in _SCALARS:
         return _encode_scalars(dtype, column)
+    if dtype in ("PdfBytes", "ImageBytes"):  # bytes_val, as Bytes
+        return _encode_scalars("Bytes", column)
     element = _list_element(dtype)
     if element in _LIST_TAGS:
         return _encode_lists(element, column)
+    if value_kind(dtype) is not None:
+        return encode_python_values(dtype, python_objects(column))
     raise CodecError(f"unsupported dtype {dtype!r}")
+
+
+def column_encoder(dtype: str) -> str | None:
+    """ "columns" for dtypes encoded from whole columns, "rows" for those converted row by row
+    (python_values.py), None for dtypes Carrara does not write."""
+    if (
+        dtype in _SCALARS
+        or dtype in ("PdfBytes", "ImageBytes")
+        or _list_element(dtype) in _LIST_TAGS
+    ):
+        return "columns"
+    return "rows" if value_kind(dtype) is not None else None
+
+
+def python_objects(column: ArrayLike) -> Any:
+    """What Feast's converter gets: an Arrow column's `to_numpy(zero_copy_only=False)`."""
+    if isinstance(column, pa.ChunkedArray | pa.Array):
+        return column.to_numpy(zero_copy_only=False)
+    return column
 
 
 def _list_element(dtype: str) -> str:
@@ -428,7 +471,15 @@ def _encode_lists(element: str, column: ArrayLike) -> list[bytes]:
     nulls = _nulls(arr)
     counts = np.diff(arr.offsets.to_numpy()).astype(np.int64)
     counts[nulls] = 0  # flatten() drops whatever a null list spans, so count it as empty
-    items = _list_items(element, arr.flatten(), what)
+    flat = arr.flatten()
+    if element in ("Int32", "Int64") and flat.null_count:
+        ends = np.cumsum(counts)
+        row = int(np.searchsorted(ends, int(np.argmax(_nulls(flat))), side="right"))
+        raise CodecError(
+            f"{what}: row {row} holds a null element; Feast's materialize refuses it "
+            "(the list reads as floats), so Carrara does too"
+        )
+    items = _list_items(element, flat, what)
     item_ends = np.concatenate([[0], np.cumsum(items.lens)])
     list_ends = np.concatenate([[0], np.cumsum(counts)])
     payload = (item_ends[list_ends[1:]] - item_ends[list_ends[:-1]]).astype(np.int64)
@@ -472,6 +523,8 @@ def _list_items(element: str, items: Any, what: str) -> _Flat:
         body, lens = _binary_body(_filled(items))
         header = _varint_rows(lens.view(np.uint64), b"\x0a")
         return _interleave([header, _Flat(body, lens)])
+    if element in _FIXED_WIDTH and items.null_count:  # Feast writes a null float element as NaN
+        items = items.fill_null(pa.scalar(float("nan"), type=items.type))
     values = _filled(items).to_numpy(zero_copy_only=False)
     if element in _FIXED_WIDTH:
         fmt = np.dtype(_FIXED_WIDTH[element])

@@ -41,11 +41,16 @@ class Absence:
 
 
 def absent_views(
-    store: OnlineStore, views: Sequence[FeatureViewPlan], scan_budget: int = SCAN_BUDGET
+    store: OnlineStore,
+    views: Sequence[FeatureViewPlan],
+    scan_budget: int = SCAN_BUDGET,
+    key_version: int = 3,
 ) -> list[Absence]:
     """The views of `views` for which no stored key was found."""
     suffix = store.project.encode("utf-8")
-    prefixes = {v.name: codec.entity_key_prefix([c.name for c in v.join_keys]) for v in views}
+    prefixes = {
+        v.name: codec.entity_key_prefix([c.name for c in v.join_keys], key_version) for v in views
+    }
     candidates: dict[str, list[bytes]] = {v.name: [] for v in views}
     found: set[str] = set()
     seen, complete = 0, True

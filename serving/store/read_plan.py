@@ -157,10 +157,15 @@ def build_read_plan(
         chosen = [f for f in projection.features if f"{projection.name}__{f}" in column_of]
         if chosen:
             key = _group_key(view, projection)
-            builder = builders.setdefault(key, _GroupBuilder(key, serving_plan.project))
+            builder = builders.setdefault(
+                key,
+                _GroupBuilder(
+                    key, serving_plan.project, serving_plan.entity_key_serialization_version
+                ),
+            )
             builder.add_view(view.name, len(view_names))
             view_names.append(projection.name)
-            ttl_us.append(view.ttl_s * _US)
+            ttl_us.append((view.ttl_s or 0) * _US)  # None (ttl=None) and 0: no ttl
             _add_features(builder, view, projection.name, chosen, column_of, categories)
     groups = tuple(b.build() for b in builders.values())
     read = [f for g in groups for f in g.features]
@@ -202,9 +207,12 @@ def _add_features(
 class _GroupBuilder:
     """Collects the views and features read through one set of key columns."""
 
-    def __init__(self, key: tuple[tuple[str, str, str], ...], project: str) -> None:
+    def __init__(
+        self, key: tuple[tuple[str, str, str], ...], project: str, key_version: int = 3
+    ) -> None:
         self.key = key
         self.project = project
+        self.key_version = key_version
         self.fields: list[bytes] = []
         self.features: list[FeatureRead] = []
         self.views: list[tuple[str, int]] = []
@@ -238,7 +246,7 @@ class _GroupBuilder:
             join_keys=join_keys,
             dtypes=dtypes,
             columns=tuple(c for _, _, c in self.key),
-            encode_keys=key_encoder(join_keys, dtypes, self.project),
+            encode_keys=key_encoder(join_keys, dtypes, self.project, self.key_version),
             fields=tuple(fields),
             hmget_head=b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields)),
             hmget_fields=b"".join(b"$%d\r\n%s\r\n" % (len(f), f) for f in fields),
@@ -265,19 +273,22 @@ def getter(positions: Sequence[int]) -> Getter:
 _FIXED = {"Int64": (4, struct.Struct("<q").pack), "Int32": (3, struct.Struct("<i").pack)}
 
 
-def key_encoder(join_keys: Sequence[str], dtypes: Sequence[str], project: str) -> KeyEncoder:
+def key_encoder(
+    join_keys: Sequence[str], dtypes: Sequence[str], project: str, version: int = 3
+) -> KeyEncoder:
     """Redis keys of entity rows, byte-identical to `encoding.encode_entity_keys`.
 
     Join keys must be in Feast's (sorted) order. Per row this is a few concatenations of
     precomputed bytes; a value of the wrong type raises TypeError, AttributeError or
-    struct.error (the caller names the row). Dtypes other than Int64/Int32/String/Bytes go
-    through the codec.
+    struct.error (the caller names the row). Dtypes other than Int64/Int32/String/Bytes, and
+    Int64 keys of entity_key_serialization_version 1 (4 bytes), go through the codec.
     """
-    prefix, suffix = codec.entity_key_prefix(join_keys), project.encode("utf-8")
-    if any(d not in _FIXED and d not in ("String", "Bytes") for d in dtypes):
-        one = codec.encode_entity_key  # exotic key dtypes: row by row
+    prefix, suffix = codec.entity_key_prefix(join_keys, version), project.encode("utf-8")
+    exotic = any(d not in _FIXED and d not in ("String", "Bytes") for d in dtypes)
+    if exotic or (version < 2 and "Int64" in dtypes):
+        one = codec.encode_entity_key  # row by row
         return lambda columns: [
-            one(join_keys, dtypes, r, project) for r in zip(*columns, strict=True)
+            one(join_keys, dtypes, r, project, version) for r in zip(*columns, strict=True)
         ]
     if len(dtypes) == 1 and dtypes[0] in _FIXED:  # the common case, made short
         tag, pack = _FIXED[dtypes[0]]

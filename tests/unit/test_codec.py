@@ -214,7 +214,11 @@ def test_nulls_are_empty_and_defaults_are_not_null() -> None:
 
 
 def test_list_elements_are_never_null() -> None:
-    assert codec.decode_value(encoding.encode_values("Array(Int32)", [[1, None]])[0]) == [1, 0]
+    """Feast's materialize: "" / False / INT64_MIN for a null element; NaN in float lists; a
+    null in a list of integers is refused (its type check sees floats)."""
+    with pytest.raises(CodecError, match="row 1 holds a null element"):
+        encoding.encode_values("Array(Int32)", [[1], [1, None]])
+    assert codec.decode_value(encoding.encode_values("Array(Float32)", [[None]])[0]) != [0.0]
     assert codec.decode_value(encoding.encode_values("Array(String)", [["a", None]])[0]) == [
         "a",
         "",

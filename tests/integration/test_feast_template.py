@@ -1,0 +1,179 @@
+"""The first repository a Feast user makes: `feast init`'s template, end to end, untouched but
+for its online store (Redis instead of SQLite).
+
+Its definitions and data are Feast's, not ours: pandas-mode on-demand views, a push source,
+a label view, `enable_validation=True`, and `Map`, `Json` and `Struct` features. Carrara must
+apply it, say which constructs it cannot serve, materialize it exactly as `feast materialize`
+does, and leave bytes Feast's `get_online_features` reads back as Feast's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from serving.batch.materialize import materialize
+from serving.cli import main
+from serving.repo.compile import apply_repo, feast_context
+from serving.repo.plan import RepoFiles, load_plan
+from serving.store.redis_process import RedisProcess
+from tests.helpers import Snapshot, run_python, snapshot
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+END = datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1)
+START = END - timedelta(days=60)  # the template's data: the last 15 days, hourly
+VIEWS = ("driver_hourly_stats", "driver_hourly_stats_fresh")
+FEATURES: tuple[str, ...] = ("conv_rate", "acc_rate", "avg_daily_trips", "driver_metadata")
+FEATURES += ("driver_config", "driver_profile")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess) -> Path:
+    """`feast init` in a temporary folder (Feast writes its own data file), pointed at Redis."""
+    root = tmp_path_factory.mktemp("feast_init")
+    run = run_python(["-m", "feast.cli.cli", "init", "starter"], timeout_s=300, cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    repo = root / "starter" / "feature_repo"
+    config = (repo / "feature_store.yaml").read_text()
+    redis_store = (
+        f'online_store:\n    type: redis\n    connection_string: "127.0.0.1:{redis_server.port}"\n'
+    )
+    config, replaced = re.subn(r"online_store:\n(?:    .*\n)+", redis_store, config)
+    assert replaced == 1, config
+    (repo / "feature_store.yaml").write_text(config)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def applied(template: Path) -> Path:
+    apply_repo(template)
+    return template
+
+
+@pytest.fixture(scope="module")
+def feast_store(applied: Path) -> Any:
+    with feast_context(applied):
+        from feast import FeatureStore
+
+        return FeatureStore(repo_path=str(applied))
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(redis_server: RedisProcess) -> Iterator[None]:
+    redis.Redis.from_url(redis_server.url).flushall()
+    yield
+    redis.Redis.from_url(redis_server.url).flushall()
+
+
+def _feast_materialize(store: Any, repo: Path) -> None:
+    store.refresh_registry()
+    with feast_context(repo):
+        store.materialize(START, END, feature_views=list(VIEWS))
+
+
+def _online(store: Any, repo: Path, driver_ids: list[int]) -> dict[str, list[Any]]:
+    store.refresh_registry()
+    refs = [f"{view}:{feature}" for view in VIEWS for feature in FEATURES]
+    with feast_context(repo):
+        response = store.get_online_features(
+            features=refs,
+            entity_rows=[{"driver_id": d} for d in driver_ids],
+            full_feature_names=True,
+        )
+    return dict(response.to_dict())
+
+
+def _canonical(raw: bytes) -> bytes:
+    """Value bytes with map entries in key order: Feast's own order changes per process."""
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    return Value.FromString(raw).SerializeToString(deterministic=True) if raw else raw
+
+
+def assert_same_values(feast: Snapshot, carrara: Snapshot) -> int:
+    """Same keys, fields, TTLs; values byte-identical but for map entry order. Returns how
+    many values were byte-identical as they stand."""
+    assert feast.keys() == carrara.keys()
+    identical = 0
+    for key, (fields, ttl) in feast.items():
+        ours, our_ttl = carrara[key]
+        assert ours.keys() == fields.keys(), key
+        assert abs(our_ttl - ttl) <= 5, key
+        for field, value in fields.items():
+            if ours[field] == value:
+                identical += 1
+            else:
+                assert not field.startswith(b"_ts:"), (key, field)
+                assert _canonical(ours[field]) == _canonical(value), (key, field)
+    return identical
+
+
+def test_carrara_applies_and_materializes_the_template_as_it_is(
+    applied: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    redis_server: RedisProcess,
+) -> None:
+    plan = load_plan(RepoFiles.locate(applied))
+    assert set(plan.feature_views) >= set(VIEWS)
+    assert plan.feature_views["driver_hourly_stats"].feature("driver_metadata").dtype == "Map"
+    pandas_views = {u.view for u in plan.unsupported if 'mode="pandas"' in u.construct}
+    assert pandas_views == {"transformed_conv_rate", "transformed_conv_rate_fresh"}
+    with caplog.at_level(logging.WARNING):
+        code = main(
+            [
+                "materialize",
+                "--repo",
+                str(applied),
+                "--start",
+                START.isoformat(),
+                "--end",
+                END.isoformat(),
+            ]
+        )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert all(view in out for view in VIEWS)
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "transformed_conv_rate" in warned
+    assert 'mode="pandas"' in warned
+    assert len(snapshot(redis_server.url)) == 5  # the template's five drivers, both views
+
+
+def test_carrara_writes_what_feast_materialize_writes(
+    applied: Path, feast_store: Any, redis_server: RedisProcess
+) -> None:
+    _feast_materialize(feast_store, applied)
+    by_feast = snapshot(redis_server.url)
+    redis.Redis.from_url(redis_server.url).flushall()
+    report = materialize(applied, START, END)
+    assert {v.view for v in report.views} == set(VIEWS)
+    by_carrara = snapshot(redis_server.url)
+    identical = assert_same_values(by_feast, by_carrara)
+    assert identical >= 5 * 2 * 4  # every value but maps and structs, at the least
+    assert len(by_feast) == 5
+
+
+def test_feast_reads_what_carrara_wrote(
+    applied: Path, feast_store: Any, redis_server: RedisProcess
+) -> None:
+    drivers = [1001, 1002, 1003, 1004, 1005, 424242]
+    _feast_materialize(feast_store, applied)
+    by_feast = _online(feast_store, applied, drivers)
+    redis.Redis.from_url(redis_server.url).flushall()
+    materialize(applied, START, END)
+    by_carrara = _online(feast_store, applied, drivers)
+    assert by_carrara == by_feast
+    metadata = by_carrara["driver_hourly_stats__driver_metadata"]
+    assert isinstance(metadata[0], dict)
+    assert metadata[0].keys() == {"vehicle_type", "rating"}
+    assert metadata[-1] is None  # an unknown driver
+    assert isinstance(by_carrara["driver_hourly_stats__driver_config"][0], str | dict)
