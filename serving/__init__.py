@@ -1,7 +1,8 @@
 """Carrara: a feature store and LightGBM prediction server on Feast's Redis layout.
 
-The public surface for code outside this package: `PredictionClient` (a gRPC client) and the
-domain errors. Imported lazily, so `import serving` costs nothing.
+The public surface for code outside this package: `PredictionClient` (a gRPC client),
+`load_scorer` (a model.txt -> the server's exact scores for a matrix) and the domain errors.
+Imported lazily, so `import serving` costs nothing.
 
 The layers, top to bottom (enforced by import-linter, see pyproject.toml):
 
@@ -11,6 +12,7 @@ The layers, top to bottom (enforced by import-linter, see pyproject.toml):
     inference                          a model version resolved for scoring (both above)
     models | store | client            registry and scorer; Feast's Redis layout; gRPC client
     repo                               the Feast repository -> serving plan
+    credentials                        TLS files and bearer tokens, read and checked
     errors, files, ports, progress, pb
 """
 
@@ -31,6 +33,7 @@ from serving.errors import (
 
 if TYPE_CHECKING:
     from serving.client import PredictionClient
+    from serving.models.scorer import load_scorer
 
 __all__ = [
     "CarraraError",
@@ -42,6 +45,7 @@ __all__ = [
     "PredictionClient",
     "StoreUnavailableError",
     "UsageError",
+    "load_scorer",
 ]
 
 
@@ -50,4 +54,8 @@ def __getattr__(name: str) -> Any:
         from serving.client import PredictionClient
 
         return PredictionClient
+    if name == "load_scorer":
+        from serving.models.scorer import load_scorer
+
+        return load_scorer
     raise AttributeError(f"module 'serving' has no attribute {name!r}")

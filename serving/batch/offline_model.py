@@ -121,7 +121,13 @@ def build_offline_model(
         card=card,
         joins=joins,
         on_demand=on_demand_steps(plan, service.projections, repo, refs),
-        scorer=Scorer(loaded.booster, num_threads, f"{loaded.name}:{loaded.version}"),
+        scorer=Scorer(
+            loaded.booster,
+            num_threads,
+            f"{loaded.name}:{loaded.version}",
+            record=card.scorer,  # verified at registration: not again while it matches
+            model_sha256=card.model_sha256,
+        ),
         view_columns=np.concatenate([np.zeros(0, np.intp), *(j.positions for j in joins)]),
     )
 

@@ -11,7 +11,7 @@ Invariants:
   written chunk by chunk (`ParquetWriter`); at most three chunks are alive at once (one read
   ahead, one scored, one being written), plus the input row group being decoded (Parquet's
   unit of reading). The feature tables are held whole.
-- Both cores: the next chunk is read and checked and the previous one written on a helper
+- Overlapped: the next chunk is read and checked and the previous one written on a helper
   thread while the current one is scored; LightGBM scores on every core.
 - The output is never half-written: it is written to a hidden temporary file beside it and
   renamed at the end; on any error the temporary file is removed and nothing is left.

@@ -84,7 +84,7 @@ class ScorerRecord:
     trees_sha256: str  # of the trees Booster.predict uses (model.txt cut at best_iteration)
     library_versions: dict[str, str]  # lightgbm and pylignum, as verified
     method: str  # the verification's own version: another method verifies again
-    clip_infinities: bool = False  # lignum is given +-inf as +-the largest finite double
+    inf_as_largest: bool = False  # lignum is given +inf as the largest finite double
     splits: int = 0  # splits verified (every split a row can reach)
     inputs: int = 0  # input rows the verification scored both ways
     seconds: float = 0.0
@@ -255,7 +255,7 @@ def _scorer_record(d: Mapping[str, Any]) -> ScorerRecord:
         trees_sha256=_str(d["trees_sha256"]),
         library_versions={_str(k): _str(v) for k, v in d["library_versions"].items()},
         method=_str(d["method"]),
-        clip_infinities=d.get("clip_infinities", False) is True,
+        inf_as_largest=d.get("inf_as_largest", False) is True,
         splits=int(d.get("splits", 0)),
         inputs=int(d.get("inputs", 0)),
         seconds=float(d.get("seconds", 0.0)),

@@ -208,6 +208,10 @@ class ModelRegistry:
         if not NAME_RE.fullmatch(card.name):
             raise UsageError(f"model name {card.name!r} must match {NAME_RE.pattern}")
         check_parses(model_text, f"a new version of {card.name}")  # before anything is written
+        from serving.models.verification import scorer_record  # LightGBM: not for alias polls
+
+        # Which scorer serves it, proven now; ModelError for a kind Carrara does not serve.
+        scorer = scorer_record(model_text, f"a new version of {card.name}")
         model_dir = self.root / card.name
         model_dir.mkdir(parents=True, exist_ok=True)
         read_aliases(model_dir)  # refuse early if aliases.json is corrupt
@@ -217,7 +221,9 @@ class ModelRegistry:
         try:
             write_synced(tmp / MODEL_FILE, model_text)
             version = self._allocate(
-                model_dir, tmp, replace(card, model_sha256=digest, checked_sha256=digest)
+                model_dir,
+                tmp,
+                replace(card, model_sha256=digest, checked_sha256=digest, scorer=scorer),
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
