@@ -44,3 +44,13 @@ def metrics_table(card: ModelCard) -> list[str]:
             f"{name:<22}{base.mae:>10.4g} {base.rmse:>10.4g}   {gain.mae:+.1f}%, {gain.rmse:+.1f}%"
         )
     return lines
+
+
+def scorer_text(card: ModelCard) -> str:
+    """Which scorer serves the version, and why."""
+    record = card.scorer
+    if record is None:
+        return "not recorded (verified when a server loads it)"
+    detail = f"{record.splits:,} splits, {record.inputs:,} inputs" if record.splits else ""
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(record.library_versions.items()))
+    return f"{record.scorer}: {record.reason}" + (f" ({detail}; {versions})" if detail else "")

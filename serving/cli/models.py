@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from serving.cli.arguments import Subparsers, registry_option, repo_option
-from serving.cli.card_text import metrics_table, rows_text, total_rows, window_text
+from serving.cli.card_text import (
+    metrics_table,
+    rows_text,
+    scorer_text,
+    total_rows,
+    window_text,
+)
 
 if TYPE_CHECKING:
     from serving.models.registry import ModelRegistry
@@ -102,6 +108,7 @@ def _show(registry: ModelRegistry, ref: str) -> int:
     print(f"  features ({len(card.feature_refs)})    {', '.join(card.feature_refs)}")
     for ref_, levels in card.categorical_levels.items():
         print(f"  categorical      {ref_}: {', '.join(levels)}")
+    print(f"  scorer           {scorer_text(card)}")
     print(f"  data fingerprint {card.data_fingerprint}")
     print(f"  libraries        {', '.join(f'{k} {v}' for k, v in card.library_versions.items())}")
     print(f"  git revision     {card.git_revision or 'unknown'}")

@@ -223,17 +223,18 @@ class Predictor:
         if key not in self._by_version:
             try:
                 loaded = self._registry.load(f"{name}:{version}", self.plan)
+                self._by_version[key] = build_served_model(
+                    loaded,
+                    self.plan,
+                    self._repo,
+                    self._store,
+                    self._metrics,
+                    fallback=self._fallbacks.get(name, StoreFallback()),
+                )
             except ModelError as exc:
-                self._broken[key] = exc
-                raise
-            self._by_version[key] = build_served_model(
-                loaded,
-                self.plan,
-                self._repo,
-                self._store,
-                self._metrics,
-                fallback=self._fallbacks.get(name, StoreFallback()),
-            )
+                broken = exc if exc.ref else ModelError(str(exc), ref=f"{name}:{version}")
+                self._broken[key] = broken
+                raise broken from exc
         return self._by_version[key]
 
 

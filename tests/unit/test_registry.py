@@ -417,6 +417,7 @@ def test_models_commands_list_show_promote_rollback(
     assert main(["models", "show", "riders", "--registry", root]) == 0
     out = capsys.readouterr().out
     assert "riders:1  (production)" in out
+    assert "scorer           lignum: " in out or "scorer           lightgbm: " in out
     assert "mean" in out
     assert "+50.0%" in out
     register(registry, model_text, card)
