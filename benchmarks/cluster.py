@@ -139,18 +139,7 @@ def cluster_repo(world_repo: Path, target: Path, cluster: LocalCluster) -> Path:
     repo = Path(shutil.copytree(world_repo, target, ignore=shutil.ignore_patterns("*.parquet")))
     for parquet in (world_repo / "data").glob("*.parquet"):
         (repo / "data" / parquet.name).hardlink_to(parquet)
-    config = repo / "feature_store.yaml"
-    lines = [
-        line
-        for line in config.read_text().splitlines()
-        if "connection_string" not in line and "redis_type" not in line
-    ]
-    at = lines.index("    type: redis") + 1
-    lines[at:at] = [
-        "    redis_type: redis_cluster",
-        f'    connection_string: "{cluster.connection_string}"',
-    ]
-    config.write_text("\n".join(lines) + "\n")
+    cluster.configure_repo(repo)
     return repo
 
 

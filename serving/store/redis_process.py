@@ -136,6 +136,22 @@ class LocalCluster:
         """Feast's `connection_string` for the cluster: every node."""
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
+    def configure_repo(self, repo: Path) -> None:
+        """Point a Feast repo's online store at this cluster, as Feast configures one."""
+        config = repo / "feature_store.yaml"
+        lines = [
+            line
+            for line in config.read_text().splitlines()
+            if "connection_string" not in line and "redis_type" not in line
+        ]
+        at = next(i for i, line in enumerate(lines) if line.strip() == "type: redis") + 1
+        indent = lines[at - 1][: len(lines[at - 1]) - len(lines[at - 1].lstrip())]
+        lines[at:at] = [
+            f"{indent}redis_type: redis_cluster",
+            f'{indent}connection_string: "{self.connection_string}"',
+        ]
+        config.write_text("\n".join(lines) + "\n")
+
     def create(self) -> None:
         binary = shutil.which("redis-cli")
         if binary is None:

@@ -64,18 +64,7 @@ def cluster_settings(cluster: LocalCluster) -> RedisSettings:
 def cluster_repo(applied_repo: Path, tmp_path: Path, cluster: LocalCluster) -> Path:
     """The sample repo, its online store the cluster, configured as Feast configures one."""
     repo = Path(shutil.copytree(applied_repo, tmp_path / "feature_repo"))
-    config = repo / "feature_store.yaml"
-    lines = [
-        line
-        for line in config.read_text().splitlines()
-        if "connection_string" not in line and "redis_type" not in line
-    ]
-    at = lines.index("    type: redis") + 1
-    lines[at:at] = [
-        "    redis_type: redis_cluster",
-        f'    connection_string: "{cluster.connection_string}"',
-    ]
-    config.write_text("\n".join(lines) + "\n")
+    cluster.configure_repo(repo)
     flush(cluster)
     return repo
 
