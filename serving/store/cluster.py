@@ -91,6 +91,10 @@ class ClusterConnection:
                 self._stale = True
                 if attempt == REFRESH_ATTEMPTS - 1:
                     raise self.unavailable(exc) from exc
+            except redis.ResponseError as exc:
+                if "NOSCRIPT" in str(exc):  # the writer loads its script and sends again
+                    raise
+                raise self.unavailable(exc) from exc  # as on one server: never a raw error
         raise AssertionError("unreachable")
 
     def node_clients(self) -> list[Any]:

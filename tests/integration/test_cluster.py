@@ -191,3 +191,18 @@ def test_one_start_up_node_down_is_no_trouble(cluster: LocalCluster) -> None:
         store.ping()
     finally:
         store.close()
+
+
+def test_an_error_reply_on_a_cluster_is_the_store_s_error_not_a_raw_one(
+    cluster: LocalCluster,
+) -> None:
+    flush(cluster)
+    store = OnlineStore(cluster_settings(cluster), PROJECT)
+    key = b"not-a-hash"
+    try:
+        redis.RedisCluster(host="127.0.0.1", port=cluster.masters()[0].port).set(key, b"x")
+        hget = b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s\r\n$1\r\nf\r\n" % (len(key), key)
+        with pytest.raises(StoreUnavailableError, match="WRONGTYPE"):
+            store.connection.exchange_keyed([key], [hget], 1.0)
+    finally:
+        store.close()
