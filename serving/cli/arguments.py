@@ -48,13 +48,9 @@ def redis_url_option(parser: argparse.ArgumentParser) -> None:
 
 def _url_without_password(text: str) -> str:
     """A URL from the command line: a password in it would show in `ps` and shell history."""
-    from urllib.parse import urlsplit
+    from serving.store.settings import url_has_password
 
-    try:
-        has_password = urlsplit(text).password is not None
-    except ValueError:
-        has_password = False
-    if has_password:
+    if url_has_password(text):
         raise argparse.ArgumentTypeError(
             "a password on the command line shows in `ps`: put it in CARRARA_REDIS_PASSWORD "
             "or a file named by CARRARA_REDIS_PASSWORD_FILE, or in CARRARA_REDIS_URL"

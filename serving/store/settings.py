@@ -201,7 +201,11 @@ def validate_url(url: str) -> None:
 
 
 def url_has_password(url: str) -> bool:
-    return urlsplit(url).password is not None
+    """Whether a URL carries a password (a malformed one is validate_url's to refuse)."""
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
 
 
 def redact(url: str) -> str:
