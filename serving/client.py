@@ -43,6 +43,30 @@ def to_values(column: Column) -> pb.Values:
     return pb.Values(double_values=pb.DoubleList(values=[float(v) for v in values]))
 
 
+def python_values(column: pb.FeatureColumn) -> list[Any]:
+    """A GetOnlineFeatures column as Python values, None where not PRESENT (as Feast's
+    `to_dict()` gives them): maps and structs as dicts, lists and sets as lists, json parsed."""
+    kind = column.values.WhichOneof("kind")
+    values = list(getattr(column.values, kind).values) if kind else []
+    if kind == "nested_values":
+        values = [python_value(v) for v in values]
+    return [
+        v if status == pb.PRESENT else None
+        for v, status in zip(values, column.statuses, strict=True)
+    ]
+
+
+def python_value(value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        return None
+    if kind == "list_value":
+        return [python_value(v) for v in value.list_value.values]
+    if kind == "map_value":
+        return {k: python_value(v) for k, v in value.map_value.fields.items()}
+    return getattr(value, kind)
+
+
 @dataclass(frozen=True)
 class ClientCredentials:
     """How a client connects: over TLS when `tls` is given (its `ca` verifies the server,
@@ -87,11 +111,13 @@ class PredictionClient:
         entities: Mapping[str, Column],
         feature_service: str = "",
         features: Sequence[str] = (),
+        request_data: Mapping[str, Column] | None = None,
     ) -> pb.GetOnlineFeaturesResponse:
         request = pb.GetOnlineFeaturesRequest(
             feature_service=feature_service,
             features=list(features),
             entities={k: to_values(v) for k, v in entities.items()},
+            request_data={k: to_values(v) for k, v in (request_data or {}).items()},
         )
         response: pb.GetOnlineFeaturesResponse = self._stub.GetOnlineFeatures(
             request, timeout=self._timeout_s, metadata=self._metadata

@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving.batch.point_in_time import FeatureTable, load_feature_table
-from serving.errors import ModelError
-from serving.inference.on_demand_steps import OnDemandStep, on_demand_steps
+from serving.errors import ModelError, PlanError
+from serving.inference.on_demand_steps import OnDemandStep, on_demand_steps, view_inputs
 from serving.inference.served_model import Prediction
 from serving.models.card import NUMERIC_DTYPES, ModelCard, category_codes
 from serving.models.registry import LoadedModel
@@ -83,7 +83,7 @@ class OfflineModel:
         for join in self.joins:
             join.fill(matrix, entities, at_ns)
         for step in self.on_demand:
-            step.fill(matrix, request_data, rows)
+            step.fill(matrix, view_inputs(step.view.plan, entities, request_data, {}), rows)
         missing = np.isnan(matrix[:, self.view_columns]).sum(axis=1, dtype=np.int32)
         return matrix, missing
 
@@ -120,7 +120,7 @@ def build_offline_model(
         version=str(loaded.version),
         card=card,
         joins=joins,
-        on_demand=on_demand_steps(plan, service.projections, repo, refs),
+        on_demand=_request_only(on_demand_steps(plan, service.projections, repo, refs)),
         scorer=Scorer(
             loaded.booster,
             num_threads,
@@ -168,3 +168,15 @@ def _model_values(ref: str, column: Any, dtype: str, card: ModelCard) -> np.ndar
         column = pc.cast(column, pa.float32(), safe=False)
     values: np.ndarray = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
     return values
+
+
+def _request_only(steps: tuple[OnDemandStep, ...]) -> tuple[OnDemandStep, ...]:
+    """Batch scoring computes on-demand views from request data; one that reads feature views
+    is refused by name (`score --online` reads them from the online store)."""
+    for step in steps:
+        if step.input_features:
+            raise PlanError(
+                f"on-demand view {step.view.plan.name!r} reads feature views: batch scoring "
+                "computes on-demand views from request data only; use `carrara score --online`"
+            )
+    return steps

@@ -20,14 +20,19 @@ from typing import Protocol
 import numpy as np
 
 from serving.errors import StoreUnavailableError
-from serving.inference.on_demand_steps import OnDemandStep, on_demand_steps
+from serving.inference.on_demand_steps import (
+    OnDemandStep,
+    merge_projections,
+    on_demand_steps,
+    view_inputs,
+)
 from serving.models.registry import LoadedModel
 from serving.models.scorer import Scorer
 from serving.repo.plan import Column, ColumnValues, ServingPlan
 from serving.store import codec
 from serving.store.online_store import OnlineStore
-from serving.store.read_plan import ReadPlan, build_read_plan
-from serving.store.reads import Status
+from serving.store.read_plan import ReadPlan, build_read_plan, with_dummy_key
+from serving.store.reads import OnlineRead, RawRead, Status
 
 
 class ReadObserver(Protocol):
@@ -82,34 +87,47 @@ class ServedModel:
     store: OnlineStore
     observer: ReadObserver
     fallback: StoreFallback = StoreFallback()
+    # Set when on-demand views read feature views: the read returns typed values (read_raw)
+    # for their inputs too, and the model's columns are made from them.
+    typed_inputs: TypedInputs | None = None
 
     def predict(
         self, entities: ColumnValues, request_data: ColumnValues, rows: int, timeout_s: float
     ) -> Prediction:
         started = time.perf_counter()
         budget = self.fallback.budget_s
+        keys = with_dummy_key(self.read_plan, entities, rows)
         try:
-            read = self.store.read(
-                self.read_plan, entities, timeout_s=min(timeout_s, budget or timeout_s)
-            )
+            timeout = min(timeout_s, budget or timeout_s)
+            features: Mapping[str, list[object]] = {}
+            if self.typed_inputs is None:
+                read = self.store.read(self.read_plan, keys, timeout_s=timeout)
+            else:
+                raw = self.store.read_raw(self.read_plan, keys, timeout_s=timeout)
+                read, features = self.typed_inputs.model_read(raw, self.read_plan)
         except StoreUnavailableError:
             if not self.fallback.score_without_store:
                 raise
-            return self._without_store(request_data, rows)
+            return self._without_store(entities, request_data, rows)
         self.observer.observe_read(time.perf_counter() - started)
         matrix = read.values
         for step in self.on_demand:
-            step.fill(matrix, request_data, rows)
+            inputs = view_inputs(step.view.plan, entities, request_data, features)
+            step.fill(matrix, inputs, rows)
         if read.missing_per_row.any():
             self._count_missing(read.status[:, self.read_plan.read_columns])
         return Prediction(self.scorer.score(matrix), read.missing_per_row, matrix)
 
-    def _without_store(self, request_data: ColumnValues, rows: int) -> Prediction:
+    def _without_store(
+        self, entities: ColumnValues, request_data: ColumnValues, rows: int
+    ) -> Prediction:
         """Every stored feature missing; on-demand ones computed from the request as usual."""
         self.observer.count_degraded(self.name)
         matrix = np.full((rows, len(self.feature_names)), np.nan)
+        absent = [None] * rows
         for step in self.on_demand:
-            step.fill(matrix, request_data, rows)
+            features = dict.fromkeys(step.input_features, absent)
+            step.fill(matrix, view_inputs(step.view.plan, entities, request_data, features), rows)
         missing = np.full(rows, len(self.read_plan.read_columns), dtype=np.int32)
         return Prediction(self.scorer.score(matrix), missing, matrix, degraded=True)
 
@@ -121,6 +139,34 @@ class ServedModel:
             self.observer.count_missing(
                 view, int((of_view == Status.MISSING).sum()), int((of_view == Status.STALE).sum())
             )
+
+
+@dataclass(frozen=True)
+class TypedInputs:
+    """A model's read when its on-demand views read feature views: every value typed
+    (read_raw), the model's columns made numbers here, the views' inputs kept as they are."""
+
+    width: int  # the model's inputs: the plan's first columns; its other columns feed views
+    categories: Mapping[str, Mapping[str, float]]  # ref -> level -> code
+
+    def model_read(
+        self, raw: RawRead, plan: ReadPlan
+    ) -> tuple[OnlineRead, dict[str, list[object]]]:
+        rows = raw.status.shape[0]
+        values = np.full((rows, self.width), np.nan)
+        for column in plan.read_columns:
+            if column < self.width:
+                values[:, column] = self._numbers(plan.feature_names[column], raw.values[column])
+        read = plan.read_columns[plan.read_columns < self.width]
+        missing = (raw.status[:, read] != Status.PRESENT).sum(axis=1, dtype=np.int32)
+        features = dict(zip(plan.feature_names, raw.values, strict=True))
+        return OnlineRead(values, raw.status, raw.event_ts_us, missing), features
+
+    def _numbers(self, ref: str, column: list[object]) -> list[float]:
+        codes = self.categories.get(ref)
+        if codes is not None:
+            return [codes.get(v, np.nan) if isinstance(v, str) else np.nan for v in column]
+        return [np.nan if v is None else float(v) for v in column]  # type: ignore[arg-type]
 
 
 def build_served_model(
@@ -136,9 +182,24 @@ def build_served_model(
     refs = card.feature_refs
     service = plan.feature_service(card.feature_service)
     views = [p for p in service.projections if p.view in plan.feature_views]
-    read_plan = build_read_plan(
-        plan, views, feature_order=refs, categories=_category_codes(card.categorical_levels)
-    )
+    steps = on_demand_steps(plan, service.projections, repo, refs)
+    sources = [source for step in steps for source in step.view.plan.sources]
+    typed_inputs = None
+    if sources:  # the views' inputs are read with the model's features, in one round trip
+        extra = [f for step in steps for f in step.input_features if f not in refs]
+        read_plan = build_read_plan(
+            plan, merge_projections([*views, *sources]), [*refs, *dict.fromkeys(extra)]
+        )
+        typed_inputs = TypedInputs(
+            len(refs),
+            {
+                ref: {level: float(i) for i, level in enumerate(levels)}
+                for ref, levels in card.categorical_levels.items()
+            },
+        )
+    else:
+        categories = _category_codes(card.categorical_levels)
+        read_plan = build_read_plan(plan, views, feature_order=refs, categories=categories)
     return ServedModel(
         name=loaded.name,
         version=str(loaded.version),
@@ -147,7 +208,7 @@ def build_served_model(
         entities=card.entities,
         request_fields=card.request_fields,
         read_plan=read_plan,
-        on_demand=on_demand_steps(plan, service.projections, repo, refs),
+        on_demand=steps,
         scorer=Scorer(
             loaded.booster,
             scoring_threads,
@@ -158,6 +219,7 @@ def build_served_model(
         store=store,
         observer=observer,
         fallback=fallback,
+        typed_inputs=typed_inputs,
     )
 
 

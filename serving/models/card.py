@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from serving.errors import ModelError, PlanError
-from serving.repo.plan import Column, ServingPlan
+from serving.repo.plan import DUMMY_ENTITY_ID, Column, ServingPlan
 
 CARD_FORMAT = 1
 CATEGORICAL_DTYPES = frozenset({"String"})
@@ -166,16 +166,17 @@ def model_inputs(
             view = plan.feature_views[projection.view]
             types[ref] = view.feature(feature).dtype
             for key in view.join_keys:
-                _add(entities, projection.join_key_map.get(key.name, key.name), key.dtype)
+                if key.name != DUMMY_ENTITY_ID:  # entityless: Feast's constant key, not sent
+                    _add(entities, projection.join_key_map.get(key.name, key.name), key.dtype)
         else:
             odfv = plan.on_demand_views[projection.view]
             types[ref] = next(c.dtype for c in odfv.outputs if c.name == feature)
             for column in odfv.request_fields:
                 _add(requests, column.name, column.dtype)
-            for source_ref in odfv.input_features:
-                source_view = plan.feature_views.get(source_ref.partition("__")[0])
-                for key in source_view.join_keys if source_view else ():
-                    _add(entities, key.name, key.dtype)
+            for source in odfv.sources:
+                for key in plan.feature_view(source.view).join_keys:
+                    if key.name != DUMMY_ENTITY_ID:
+                        _add(entities, source.join_key_map.get(key.name, key.name), key.dtype)
     return (
         tuple(Column(k, t) for k, t in entities.items()),
         tuple(Column(k, t) for k, t in requests.items()),

@@ -129,7 +129,7 @@ class Predictor:
         found = self._lookups.get(key)
         if found is None:
             try:
-                found = build_lookup(self.plan, self._store, feature_service, refs)
+                found = build_lookup(self.plan, self._store, feature_service, refs, self._repo)
             except PlanError as exc:
                 raise NotFoundError(str(exc)) from None
             if len(self._lookups) < 1_000:  # bounded: refs come from clients

@@ -29,7 +29,7 @@ from serving.errors import (
 from serving.online.auth import permit_model, permitted
 from serving.online.metrics import ServerMetrics
 from serving.online.throttled_log import ThrottledLog
-from serving.online.wire import read_columns, values_message, wire_type
+from serving.online.wire import feature_type, feature_values, read_columns, wire_type
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 
@@ -112,16 +112,25 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
             entities, rows = read_columns(
                 "entities", request.entities, lookup.entities, self._max_rows
             )
-            result = lookup.read(entities, rows, _timeout_s(context))
+            request_data, data_rows = read_columns(
+                "request_data", request.request_data, lookup.request_fields, self._max_rows
+            )
+            if lookup.request_fields and lookup.entities and data_rows != rows:
+                raise InvalidRequestError(
+                    f"request_data has {data_rows} rows but entities have {rows}"
+                )
+            rows = rows if lookup.entities else data_rows
+            result = lookup.read(entities, request_data, rows, _timeout_s(context))
             response = pb.GetOnlineFeaturesResponse()
             for column in result:
                 response.features.append(
                     pb.FeatureColumn(
                         name=column.name,
-                        type=wire_type(column.dtype),
-                        values=values_message(column.values, column.dtype),
+                        type=feature_type(column.dtype),
+                        values=feature_values(column.values, column.dtype),
                         event_timestamps_us=column.event_timestamps_us.tolist(),
                         statuses=WIRE_STATUS[column.statuses].tolist(),
+                        feast_type=column.dtype,
                     )
                 )
             return response

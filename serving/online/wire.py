@@ -47,6 +47,69 @@ def wire_type(dtype: str) -> pb.ValueType:
     return kind[1] if kind else pb.VALUE_TYPE_UNSPECIFIED
 
 
+# Feast dtypes of features returned as text, bytes or nested values (GetOnlineFeatures)
+_TEXT_DTYPES = frozenset({"Uuid", "TimeUuid", "Decimal"})
+_BYTES_DTYPES = frozenset({"Bytes", "PdfBytes", "ImageBytes"})
+_NESTED_TYPES = {
+    "Array": pb.LIST,
+    "Set": pb.SET,
+    "Map": pb.MAP,
+    "Struct": pb.STRUCT,
+    "Json": pb.JSON,
+}
+
+
+def feature_type(dtype: str) -> pb.ValueType:
+    """The ValueType of a feature column of Feast dtype `dtype` (any Feast type)."""
+    if dtype in _TEXT_DTYPES:
+        return pb.STRING
+    if dtype in _BYTES_DTYPES:
+        return pb.BYTES
+    scalar = wire_type(dtype)
+    if scalar != pb.VALUE_TYPE_UNSPECIFIED:
+        return scalar
+    return _NESTED_TYPES.get(dtype.partition("(")[0], pb.VALUE_TYPE_UNSPECIFIED)
+
+
+def feature_values(values: Sequence[object], dtype: str) -> pb.Values:
+    """A feature column of Python values (codec.decode_value's; None where not PRESENT) onto
+    the wire: scalars in their typed list with a default where None, the rest as a Value per
+    row (an unset Value where None)."""
+    kind = feature_type(dtype)
+    if kind == pb.BYTES:
+        return pb.Values(bytes_values=pb.BytesList(values=[v or b"" for v in values]))  # type: ignore[misc]
+    if kind in _NESTED_TYPES.values():
+        return pb.Values(nested_values=pb.ValueList(values=[value_message(v) for v in values]))
+    fill = _DEFAULTS.get(kind, "")
+    filled = [fill if v is None else v for v in values]
+    return values_message(np.array(filled, dtype=object), "String" if kind == pb.STRING else dtype)
+
+
+_DEFAULTS: dict[int, object] = {pb.INT64: 0, pb.DOUBLE: math.nan, pb.BOOL: False}
+
+
+def value_message(value: object) -> pb.Value:
+    """One nested value: dicts as maps, lists (and sets, tuples) as lists, None unset."""
+    if value is None:
+        return pb.Value()
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if isinstance(value, int):
+        return pb.Value(int64_value=value)
+    if isinstance(value, float):
+        return pb.Value(double_value=value)
+    if isinstance(value, str):
+        return pb.Value(string_value=value)
+    if isinstance(value, bytes):
+        return pb.Value(bytes_value=value)
+    if isinstance(value, dict):
+        fields = {str(k): value_message(v) for k, v in value.items()}
+        return pb.Value(map_value=pb.ValueMap(fields=fields))
+    if isinstance(value, list | tuple | set | frozenset):
+        return pb.Value(list_value=pb.ValueList(values=[value_message(v) for v in value]))
+    return pb.Value(string_value=str(value))  # Decimal, UUID: their text
+
+
 def read_columns(
     section: str, values: Mapping[str, pb.Values], expected: Sequence[Column], max_rows: int
 ) -> tuple[dict[str, list[Any]], int]:

@@ -261,9 +261,9 @@ def _view_unsupported(view: Any) -> list[Unsupported]:
 
 def _odfv_unsupported(view: Any) -> list[Unsupported]:
     found = []
-    if view.mode != "python" or view.singleton:
-        construct = f'mode="{view.mode}"' + (", singleton=True" if view.singleton else "")
-        reason = "Carrara computes python-mode on-demand views over columns only"
+    if view.mode not in ("python", "pandas"):
+        construct = f'mode="{view.mode}"'
+        reason = "Carrara runs python- and pandas-mode on-demand views"
         found.append(
             Unsupported(view.name, construct, reason, None, "on-demand feature view", (SERVE,))
         )
@@ -296,10 +296,14 @@ def _odfv_plan(view: Any) -> OnDemandViewPlan:
         for src in view.source_request_sources.values()
         for f in src.schema
     )
-    input_features = tuple(
-        f"{p.name_to_use()}__{f.name}"
+    sources = tuple(
+        Projection(
+            view=p.name,
+            name=p.name_to_use(),
+            join_key_map=dict(p.join_key_map or {}),
+            features=tuple(f.name for f in p.features),
+        )
         for p in view.source_feature_view_projections.values()
-        for f in p.features
     )
     transformation = view.feature_transformation
     source = transformation.udf_string or ""
@@ -307,12 +311,14 @@ def _odfv_plan(view: Any) -> OnDemandViewPlan:
     return OnDemandViewPlan(
         name=view.name,
         request_fields=request_fields,
-        input_features=input_features,
+        sources=sources,
         outputs=tuple(Column(f.name, str(f.dtype)) for f in view.features),
         udf_name=transformation.udf.__name__,
         udf_source=source,
         module=module,
         function=function,
+        mode=view.mode,
+        singleton=bool(view.singleton),
     )
 
 

@@ -32,7 +32,7 @@ import yaml
 from serving.errors import PlanError
 from serving.files import write_atomic
 
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 PLAN_FILE = "carrara_plan.json"
 DUMMY_ENTITY_ID = "__dummy_id"  # Feast's join key of entityless views, its value always ""
 MATERIALIZE, SERVE = "materialize", "serve"  # what needs a construct: writing it, or reading it
@@ -82,16 +82,26 @@ class FeatureViewPlan:
 
 @dataclass(frozen=True)
 class OnDemandViewPlan:
-    """A python-mode on-demand view; `module`/`function` when its body delegates to one."""
+    """An on-demand view: its inputs (request fields, feature-view projections it reads), its
+    outputs, and its function: `module`/`function` when a python-mode body delegates to one,
+    else rebuilt from `udf_source`. `mode` is Feast's ("python" or "pandas"); a singleton
+    python view is called once per row with scalars."""
 
     name: str
     request_fields: tuple[Column, ...]
-    input_features: tuple[str, ...]  # "view__feature" refs from feature-view sources
+    sources: tuple[Projection, ...]  # the feature-view projections it reads, all features
     outputs: tuple[Column, ...]
     udf_name: str
     udf_source: str
     module: str | None = None
     function: str | None = None
+    mode: str = "python"
+    singleton: bool = False
+
+    @property
+    def input_features(self) -> tuple[str, ...]:
+        """Full names ("projection__feature") of the features it reads."""
+        return tuple(f"{p.name}__{f}" for p in self.sources for f in p.features)
 
 
 @dataclass(frozen=True)
@@ -281,10 +291,7 @@ def plan_from_dict(data: dict[str, Any]) -> ServingPlan:
             feature_services={
                 k: FeatureServicePlan(
                     name=v["name"],
-                    projections=tuple(
-                        Projection(**{**p, "features": tuple(p["features"])})
-                        for p in v["projections"]
-                    ),
+                    projections=tuple(_projection(p) for p in v["projections"]),
                 )
                 for k, v in data["feature_services"].items()
             },
@@ -320,10 +327,14 @@ def _odfv_from_dict(v: dict[str, Any]) -> OnDemandViewPlan:
         **{
             **v,
             "request_fields": _columns(v["request_fields"]),
-            "input_features": tuple(v["input_features"]),
+            "sources": tuple(_projection(p) for p in v["sources"]),
             "outputs": _columns(v["outputs"]),
         }
     )
+
+
+def _projection(p: dict[str, Any]) -> Projection:
+    return Projection(**{**p, "features": tuple(p["features"])})
 
 
 def _with_path(plan: ServingPlan, path: Path) -> ServingPlan:

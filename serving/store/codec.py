@@ -18,6 +18,8 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
+import json
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -201,8 +203,16 @@ _WIRE_LEN: Final = 2
 _WIRE_I32: Final = 5
 _UNPACK_DOUBLE: Final = struct.Struct("<d").unpack_from
 _UNPACK_FLOAT: Final = struct.Struct("<f").unpack_from
-# Oneof members of Value that this codec does not read (null_val, maps, sets, json, ...).
-_OTHER_ONEOF: Final = frozenset([*range(19, 30), *range(32, 49)])
+# Oneof members of Value that this codec does not read (scalar maps, zoned timestamps).
+_OTHER_ONEOF: Final = frozenset([47, 48])
+_NULL_VAL: Final = 19
+_MAPS: Final = frozenset([20, 34])  # map_val, struct_val: a Map message
+_MAP_LISTS: Final = frozenset([21, 35])  # map_list_val, struct_list_val: a MapList message
+_JSON: Final = 32
+_JSON_LIST: Final = 33
+_TEXTS: Final = frozenset([36, 37, 44])  # uuid, time_uuid, decimal: a string
+_TEXT_LISTS: Final = frozenset([38, 39, 40, 41, 45, 46])  # their lists and sets
+_VALUE_LISTS: Final = frozenset([42, 43])  # list_val, set_val: RepeatedValue
 _NUMERIC_DTYPES: Final = frozenset(
     ["Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"]
 )
@@ -274,20 +284,6 @@ def _scalar(number: int, wire: int, payload: int | bytes) -> object:
     return (_UNPACK_DOUBLE if number == 5 else _UNPACK_FLOAT)(payload)[0]
 
 
-def _list_items_decoded(number: int, payload: bytes) -> list[Any]:
-    """Elements of list field 11..18: a message whose field 1 repeats, packed or not."""
-    element = number - 10  # string_list_val (12) holds what string_val (2) holds, etc.
-    items: list[Any] = []
-    for inner, wire, data in _fields(payload):
-        if inner != 1:
-            continue  # not part of the list message: protobuf skips it too
-        if isinstance(data, bytes) and element in (3, 4, 5, 6, 7, 8):
-            items += _packed(element, data)
-        else:
-            items.append(_scalar(element, wire, data))
-    return items
-
-
 def _packed(element: int, data: bytes) -> list[Any]:
     if element in (5, 6):
         width = 8 if element == 5 else 4
@@ -304,9 +300,11 @@ def _packed(element: int, data: bytes) -> list[Any]:
 def decode_value(raw: bytes | None) -> object:
     """Python value of serialized Value bytes; None for null (b"", missing, INT64_MIN time).
 
-    UnixTimestamp values come back as int seconds (lists too, INT64_MIN elements as None).
-    A Value whose winning oneof field this codec does not read raises CodecError
-    ``unknown_field_N``.
+    As Feast's `feast_value_type_to_python_type` returns them, except: UnixTimestamp values
+    come back as int seconds (lists too, INT64_MIN elements as None), sets as lists in stored
+    order, Uuid and Decimal values as their text. Maps and structs are dicts, Json is parsed
+    (its text when it does not parse, as Feast does). A Value whose winning oneof field this
+    codec does not read raises CodecError ``unknown_field_N``.
     """
     if not raw:
         return None
@@ -318,7 +316,7 @@ def decode_value(raw: bytes | None) -> object:
         raise CodecError(f"unknown_field_{number}: Value bytes {raw[:40].hex()}")
     if number == 8 and value == _INT64_MIN:
         return None
-    if number == 18 and isinstance(value, list):
+    if number in (18, 29) and isinstance(value, list):
         return [None if item == _INT64_MIN else item for item in value]
     return value
 
@@ -328,18 +326,86 @@ def _last_oneof(raw: bytes) -> tuple[int, object]:
     for field, wire, payload in _fields(raw):
         if 1 <= field <= 8:
             number, value = field, _scalar(field, wire, payload)
-        elif 11 <= field <= 18:
+        elif 11 <= field <= 18 or 22 <= field <= 29:
             if not isinstance(payload, bytes):
                 raise CodecError(f"field {field}: unexpected wire type {wire}")
-            items = _list_items_decoded(field, payload)
+            element = field - 10 if field <= 18 else field - 21  # int64_set (25) as int64 (4)
+            items = _repeated(payload, functools.partial(_list_item, element))
             if field == number and isinstance(value, list):  # a repeated message field merges
                 value.extend(items)
             else:
                 number, value = field, items
-        elif field in _OTHER_ONEOF:
+        elif field == _NULL_VAL:
             number, value = field, None
+        elif field >= 20:
+            number, value = field, _message(field, wire, payload)
         # any other field number is not in Value: protobuf keeps it as unknown; so do we
     return number, value
+
+
+def _list_item(element: int, wire: int, data: int | bytes) -> list[Any]:
+    if isinstance(data, bytes) and element in (3, 4, 5, 6, 7, 8):
+        return _packed(element, data)
+    return [_scalar(element, wire, data)]
+
+
+def _repeated(payload: bytes, item: Callable[[int, int | bytes], list[Any]]) -> list[Any]:
+    """The items of a message whose field 1 repeats (Feast's lists, sets, MapList...)."""
+    items: list[Any] = []
+    for inner, wire, data in _fields(payload):
+        if inner == 1:  # other fields are not part of the list message: protobuf skips them
+            items += item(wire, data)
+    return items
+
+
+def _message(number: int, wire: int, payload: int | bytes) -> object:
+    """The value of oneof field 20 and up: maps, structs, json, uuids, decimals, nested."""
+    if not isinstance(payload, bytes) or wire != _WIRE_LEN:
+        raise CodecError(f"field {number}: unexpected wire type {wire}")
+    if number in _MAPS:
+        return _map(payload)
+    if number in _MAP_LISTS:
+        return _repeated(payload, lambda _w, data: [_map(_bytes(data))])
+    if number == _JSON:
+        return _json(payload.decode("utf-8"))
+    if number in _TEXTS:
+        return payload.decode("utf-8")
+    if number == _JSON_LIST:
+        return _repeated(payload, lambda _w, data: [_json(_bytes(data).decode("utf-8"))])
+    if number in _TEXT_LISTS:
+        return _repeated(payload, lambda _w, data: [_bytes(data).decode("utf-8")])
+    if number in _VALUE_LISTS:
+        return _repeated(payload, lambda _w, data: [decode_value(_bytes(data))])
+    return None  # 47, 48: refused by decode_value
+
+
+def _map(payload: bytes) -> dict[str, object]:
+    """A Map message: `map<string, Value> val = 1`, entries {1: key, 2: value}."""
+    entries: dict[str, object] = {}
+    for inner, _wire, entry in _fields(payload):
+        if inner != 1:
+            continue
+        key, value = "", None
+        for part, _w, data in _fields(_bytes(entry)):
+            if part == 1:
+                key = _bytes(data).decode("utf-8")
+            elif part == 2:
+                value = decode_value(_bytes(data))
+        entries[key] = value  # a later entry of the same key wins, as in protobuf
+    return entries
+
+
+def _bytes(data: int | bytes) -> bytes:
+    if not isinstance(data, bytes):
+        raise CodecError("a varint where a message was expected")
+    return data
+
+
+def _json(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text  # Feast returns text that does not parse as it is
 
 
 def decode_numeric(dtype: str, raws: Sequence[bytes | None], out: npt.NDArray[np.float64]) -> None:

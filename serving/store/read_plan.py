@@ -33,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from serving.errors import PlanError
-from serving.repo.plan import FeatureViewPlan, Projection, ServingPlan
+from serving.repo.plan import DUMMY_ENTITY_ID, FeatureViewPlan, Projection, ServingPlan
 from serving.store import codec
 
 NUMERIC_DTYPES = frozenset({"Int32", "Int64", "Float32", "Float64", "Bool", "UnixTimestamp"})
@@ -126,6 +126,14 @@ class ReadPlan:
         if rows <= _CACHED_LAYOUTS:
             self._all_present[rows] = (status, missing)
         return status, missing
+
+
+def with_dummy_key(plan: ReadPlan, entities: Mapping[str, Any], rows: int) -> Mapping[str, Any]:
+    """`entities` with Feast's constant join key of entityless views, when the plan reads one
+    (a caller never sends it)."""
+    if DUMMY_ENTITY_ID not in plan.entity_columns:
+        return entities
+    return {**entities, DUMMY_ENTITY_ID: [""] * rows}
 
 
 def build_read_plan(

@@ -125,8 +125,8 @@ def test_carrara_applies_and_materializes_the_template_as_it_is(
     plan = load_plan(RepoFiles.locate(applied))
     assert set(plan.feature_views) >= set(VIEWS)
     assert plan.feature_views["driver_hourly_stats"].feature("driver_metadata").dtype == "Map"
-    pandas_views = {u.view for u in plan.unsupported if 'mode="pandas"' in u.construct}
-    assert pandas_views == {"transformed_conv_rate", "transformed_conv_rate_fresh"}
+    assert plan.on_demand_views["transformed_conv_rate"].mode == "pandas"
+    assert not {u.view for u in plan.unsupported} & set(plan.on_demand_views)
     with caplog.at_level(logging.WARNING):
         code = main(
             [
@@ -143,8 +143,7 @@ def test_carrara_applies_and_materializes_the_template_as_it_is(
     assert code == 0, err
     assert all(view in out for view in VIEWS)
     warned = " ".join(r.getMessage() for r in caplog.records)
-    assert "transformed_conv_rate" in warned
-    assert 'mode="pandas"' in warned
+    assert "transformed_conv_rate" not in warned  # pandas-mode views are served now
     assert len(snapshot(redis_server.url)) == 5  # the template's five drivers, both views
 
 
@@ -177,3 +176,137 @@ def test_feast_reads_what_carrara_wrote(
     assert metadata[0].keys() == {"vehicle_type", "rating"}
     assert metadata[-1] is None  # an unknown driver
     assert isinstance(by_carrara["driver_hourly_stats__driver_config"][0], str | dict)
+
+
+# --- serving: Carrara's GetOnlineFeatures and Predict against Feast's get_online_features ---
+
+DRIVERS = [1001, 1002, 1003, 1004, 1005, 424242]  # the last: no row in the store
+VALS = {"val_to_add": [1000, 1001, 1002, 1003, 1004, 1005], "val_to_add_2": [2000, 7, -3, 0, 5, 9]}
+
+
+@pytest.fixture(scope="module")
+def template_server(applied: Path, redis_server: RedisProcess, tmp_path_factory):
+    from serving.online.server import Server, ServerSettings
+
+    registry = tmp_path_factory.mktemp("template_models") / "models"
+    _register_template_model(applied, registry, tmp_path_factory.mktemp("template_model"))
+    served = Server(
+        ServerSettings(
+            repo=applied, registry=registry, port=0, redis_url=redis_server.url, threads=2
+        )
+    )
+    served.start()
+    yield served
+    served.stop()
+
+
+def _register_template_model(repo: Path, registry: Path, folder: Path) -> None:
+    """A LightGBM model over the template's stored and pandas on-demand features."""
+    import lightgbm as lgb
+    import numpy as np
+
+    names = [
+        "driver_hourly_stats__conv_rate",
+        "transformed_conv_rate__conv_rate_plus_val1",
+        "transformed_conv_rate__conv_rate_plus_val2",
+    ]
+    rng = np.random.default_rng(3)
+    x = np.column_stack([rng.random(400), rng.random(400) * 3000, rng.normal(size=400) * 50])
+    y = x[:, 0] * 2 + x[:, 1] / 1000 - x[:, 2] / 100
+    params = {"objective": "regression", "verbose": -1, "min_data_in_leaf": 5}
+    booster = lgb.train(params, lgb.Dataset(x, y, feature_name=names), num_boost_round=20)
+    model = folder / "model.txt"
+    booster.save_model(str(model))
+    args = ["models", "register", "conv", "--model-file", str(model)]
+    args += ["--feature-service", "driver_activity_v1", "--repo", str(repo)]
+    assert main([*args, "--registry", str(registry)]) == 0
+
+
+def _feast_online(store: Any, repo: Path, features: Any) -> dict[str, list[Any]]:
+    store.refresh_registry()
+    rows = [
+        {"driver_id": d, "val_to_add": a, "val_to_add_2": b}
+        for d, a, b in zip(DRIVERS, VALS["val_to_add"], VALS["val_to_add_2"], strict=True)
+    ]
+    with feast_context(repo):
+        if isinstance(features, str):
+            features = store.get_feature_service(features)
+        response = store.get_online_features(
+            features=features, entity_rows=rows, full_feature_names=True
+        )
+    found = dict(response.to_dict())
+    for key in ("driver_id", "val_to_add", "val_to_add_2"):
+        found.pop(key, None)
+    return found
+
+
+def _carrara_online(port: int, service: str = "", refs: tuple[str, ...] = ()) -> Any:
+    from serving.client import PredictionClient, python_values
+
+    with PredictionClient(f"127.0.0.1:{port}", timeout_s=30) as client:
+        response = client.online_features(
+            {"driver_id": DRIVERS}, feature_service=service, features=refs, request_data=VALS
+        )
+    return {c.name: python_values(c) for c in response.features}, response
+
+
+@pytest.mark.parametrize(
+    "service",
+    ["driver_activity_v1", "driver_activity_v2", "driver_activity_v3", "refs"],
+)
+def test_get_online_features_equals_feasts_value_for_value(
+    applied: Path, feast_store: Any, template_server: Any, service: str
+) -> None:
+    """The template's feature services (pandas on-demand views with request data, Map, Json
+    and Struct features) and test_workflow's refs: Carrara's values are Feast's own."""
+    _feast_materialize(feast_store, applied)
+    materialize(applied, START, END)  # the same bytes (above): either writer will do
+    refs = (
+        "driver_hourly_stats:acc_rate",
+        "driver_hourly_stats:driver_metadata",
+        "driver_hourly_stats:driver_config",
+        "driver_hourly_stats:driver_profile",
+        "transformed_conv_rate:conv_rate_plus_val1",
+        "transformed_conv_rate:conv_rate_plus_val2",
+    )
+    if service == "refs":
+        feast = _feast_online(feast_store, applied, list(refs))
+        ours, response = _carrara_online(template_server.port, refs=refs)
+    else:
+        feast = _feast_online(feast_store, applied, service)
+        ours, response = _carrara_online(template_server.port, service=service)
+    assert ours == feast
+    assert ours  # and not trivially: every kind of value is there
+    types = {c.name: c.feast_type for c in response.features}
+    if service == "driver_activity_v2":
+        assert types["driver_hourly_stats__driver_metadata"] == "Map"
+        assert types["driver_hourly_stats__driver_profile"].startswith("Struct(")
+        assert isinstance(ours["driver_hourly_stats__driver_metadata"][0], dict)
+    plus = next(v for k, v in ours.items() if k.endswith("conv_rate_plus_val1"))
+    assert all(isinstance(v, float) for v in plus[:5])
+
+
+def test_predict_scores_the_pandas_on_demand_outputs_as_feast_computes_them(
+    applied: Path, feast_store: Any, template_server: Any
+) -> None:
+    import numpy as np
+
+    from serving.client import PredictionClient
+    from serving.models.registry import ModelRegistry
+
+    _feast_materialize(feast_store, applied)
+    feast = _feast_online(feast_store, applied, "driver_activity_v1")
+    names = [
+        "driver_hourly_stats__conv_rate",
+        "transformed_conv_rate__conv_rate_plus_val1",
+        "transformed_conv_rate__conv_rate_plus_val2",
+    ]
+    matrix = np.array([[np.nan if v is None else v for v in feast[n]] for n in names]).T
+    booster = ModelRegistry(template_server.settings.registry).load("conv").booster
+    with PredictionClient(f"127.0.0.1:{template_server.port}", timeout_s=30) as client:
+        reply = client.predict("conv", {"driver_id": DRIVERS}, VALS, return_features=True)
+    assert list(reply.feature_names) == names
+    ours = np.array([list(row.values) for row in reply.features])
+    np.testing.assert_array_equal(ours[:5], matrix[:5])
+    np.testing.assert_array_equal(np.array(reply.predictions), booster.predict(ours))
+    assert list(reply.missing_features) == [0, 0, 0, 0, 0, 1]  # the unknown driver's conv_rate

@@ -234,8 +234,22 @@ def test_list_models_is_enough_to_build_a_valid_request(client: PredictionClient
 
 
 def test_get_online_features_by_service_and_by_refs(client: PredictionClient) -> None:
-    reply = client.online_features({"zone_id": [1, 10**9]}, feature_service="pricing_v1")
+    missing = rpc_error(
+        lambda: client.online_features({"zone_id": [1, 10**9]}, feature_service="pricing_v1")
+    )  # its on-demand views take request data, as Feast's get_online_features requires
+    assert missing.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "request_data.request_ts_s is missing" in missing.details()
+    noon = 1_700_000_000 - 1_700_000_000 % 86_400 + 12 * 3600  # a Tuesday, 12:00 UTC
+    reply = client.online_features(
+        {"zone_id": [1, 10**9]},
+        feature_service="pricing_v1",
+        request_data={"request_ts_s": [noon, noon + 86_400 * 4]},
+    )
     columns = {c.name: c for c in reply.features}
+    hour = columns["request_time__hour_of_day"]  # computed, as Feast computes it
+    assert list(hour.values.int64_values.values) == [12, 12]
+    assert list(columns["request_time__is_weekend"].values.int64_values.values) == [0, 1]
+    assert list(hour.statuses) == [pb.PRESENT, pb.PRESENT]
     surge = columns["zone_stats__surge_15m"]
     assert surge.type == pb.DOUBLE
     assert list(surge.statuses) == [pb.PRESENT, pb.MISSING]

@@ -376,7 +376,7 @@ def test_a_null_join_key_names_the_key_and_row() -> None:
         (lambda: codec.decode_value(h("12 01 ff")), "malformed"),
         (lambda: codec.decode_value(h("2f")), "malformed"),  # wire type 7
         (lambda: codec.decode_value(h("20 ffffffffffffffffffff01")), "malformed"),
-        (lambda: codec.decode_value(h("9801 00")), "unknown_field_19"),
+        (lambda: codec.decode_value(h("fa02 00")), "unknown_field_47"),
         (lambda: codec.decode_timestamp_micros(h("08 ff")), "malformed"),
         (lambda: codec.decode_numeric("String", [], np.empty(0)), "not numeric"),
         (lambda: codec.decode_numeric("Int64", [b""], np.empty(2)), "1 values for 2"),

@@ -65,6 +65,26 @@ def test_contract_field_numbers_are_as_designed() -> None:
         "double_values": 2,
         "string_values": 3,
         "bool_values": 4,
+        "bytes_values": 5,  # added: Bytes features
+        "nested_values": 6,  # added: lists, sets, maps, structs, json
+    }
+    request = pb.GetOnlineFeaturesRequest.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in request.items()} == {
+        "feature_service": 1,
+        "features": 2,
+        "entities": 3,
+        "request_data": 4,  # fixed by the design: inputs of on-demand views
+    }
+    column = pb.FeatureColumn.DESCRIPTOR.fields_by_name
+    assert column["feast_type"].number == 6
+    assert {n: f.number for n, f in pb.Value.DESCRIPTOR.fields_by_name.items()} == {
+        "int64_value": 1,
+        "double_value": 2,
+        "string_value": 3,
+        "bool_value": 4,
+        "bytes_value": 5,
+        "list_value": 6,
+        "map_value": 7,
     }
     assert pb.DESCRIPTOR.package == "carrara.v1"
     assert [m.name for m in pb.DESCRIPTOR.services_by_name["PredictionService"].methods] == [

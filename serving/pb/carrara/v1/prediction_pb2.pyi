@@ -14,6 +14,12 @@ class ValueType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DOUBLE: _ClassVar[ValueType]
     STRING: _ClassVar[ValueType]
     BOOL: _ClassVar[ValueType]
+    BYTES: _ClassVar[ValueType]
+    LIST: _ClassVar[ValueType]
+    SET: _ClassVar[ValueType]
+    MAP: _ClassVar[ValueType]
+    STRUCT: _ClassVar[ValueType]
+    JSON: _ClassVar[ValueType]
 
 class FeatureStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,6 +32,12 @@ INT64: ValueType
 DOUBLE: ValueType
 STRING: ValueType
 BOOL: ValueType
+BYTES: ValueType
+LIST: ValueType
+SET: ValueType
+MAP: ValueType
+STRUCT: ValueType
+JSON: ValueType
 FEATURE_STATUS_UNSPECIFIED: FeatureStatus
 PRESENT: FeatureStatus
 MISSING: FeatureStatus
@@ -55,17 +67,64 @@ class BoolList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, values: _Optional[_Iterable[bool]] = ...) -> None: ...
 
+class BytesList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, values: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
 class Values(_message.Message):
-    __slots__ = ("int64_values", "double_values", "string_values", "bool_values")
+    __slots__ = ("int64_values", "double_values", "string_values", "bool_values", "bytes_values", "nested_values")
     INT64_VALUES_FIELD_NUMBER: _ClassVar[int]
     DOUBLE_VALUES_FIELD_NUMBER: _ClassVar[int]
     STRING_VALUES_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_VALUES_FIELD_NUMBER: _ClassVar[int]
+    NESTED_VALUES_FIELD_NUMBER: _ClassVar[int]
     int64_values: Int64List
     double_values: DoubleList
     string_values: StringList
     bool_values: BoolList
-    def __init__(self, int64_values: _Optional[_Union[Int64List, _Mapping]] = ..., double_values: _Optional[_Union[DoubleList, _Mapping]] = ..., string_values: _Optional[_Union[StringList, _Mapping]] = ..., bool_values: _Optional[_Union[BoolList, _Mapping]] = ...) -> None: ...
+    bytes_values: BytesList
+    nested_values: ValueList
+    def __init__(self, int64_values: _Optional[_Union[Int64List, _Mapping]] = ..., double_values: _Optional[_Union[DoubleList, _Mapping]] = ..., string_values: _Optional[_Union[StringList, _Mapping]] = ..., bool_values: _Optional[_Union[BoolList, _Mapping]] = ..., bytes_values: _Optional[_Union[BytesList, _Mapping]] = ..., nested_values: _Optional[_Union[ValueList, _Mapping]] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("int64_value", "double_value", "string_value", "bool_value", "bytes_value", "list_value", "map_value")
+    INT64_VALUE_FIELD_NUMBER: _ClassVar[int]
+    DOUBLE_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_VALUE_FIELD_NUMBER: _ClassVar[int]
+    LIST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    MAP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    int64_value: int
+    double_value: float
+    string_value: str
+    bool_value: bool
+    bytes_value: bytes
+    list_value: ValueList
+    map_value: ValueMap
+    def __init__(self, int64_value: _Optional[int] = ..., double_value: _Optional[float] = ..., string_value: _Optional[str] = ..., bool_value: _Optional[bool] = ..., bytes_value: _Optional[bytes] = ..., list_value: _Optional[_Union[ValueList, _Mapping]] = ..., map_value: _Optional[_Union[ValueMap, _Mapping]] = ...) -> None: ...
+
+class ValueList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedCompositeFieldContainer[Value]
+    def __init__(self, values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ...) -> None: ...
+
+class ValueMap(_message.Message):
+    __slots__ = ("fields",)
+    class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    fields: _containers.MessageMap[str, Value]
+    def __init__(self, fields: _Optional[_Mapping[str, Value]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("model", "entities", "request_data", "return_features")
@@ -153,8 +212,15 @@ class Input(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ValueType, str]] = ...) -> None: ...
 
 class GetOnlineFeaturesRequest(_message.Message):
-    __slots__ = ("feature_service", "features", "entities")
+    __slots__ = ("feature_service", "features", "entities", "request_data")
     class EntitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Values
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Values, _Mapping]] = ...) -> None: ...
+    class RequestDataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -164,24 +230,28 @@ class GetOnlineFeaturesRequest(_message.Message):
     FEATURE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     ENTITIES_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DATA_FIELD_NUMBER: _ClassVar[int]
     feature_service: str
     features: _containers.RepeatedScalarFieldContainer[str]
     entities: _containers.MessageMap[str, Values]
-    def __init__(self, feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Mapping[str, Values]] = ...) -> None: ...
+    request_data: _containers.MessageMap[str, Values]
+    def __init__(self, feature_service: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., entities: _Optional[_Mapping[str, Values]] = ..., request_data: _Optional[_Mapping[str, Values]] = ...) -> None: ...
 
 class FeatureColumn(_message.Message):
-    __slots__ = ("name", "type", "values", "event_timestamps_us", "statuses")
+    __slots__ = ("name", "type", "values", "event_timestamps_us", "statuses", "feast_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIMESTAMPS_US_FIELD_NUMBER: _ClassVar[int]
     STATUSES_FIELD_NUMBER: _ClassVar[int]
+    FEAST_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: ValueType
     values: Values
     event_timestamps_us: _containers.RepeatedScalarFieldContainer[int]
     statuses: _containers.RepeatedScalarFieldContainer[FeatureStatus]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ValueType, str]] = ..., values: _Optional[_Union[Values, _Mapping]] = ..., event_timestamps_us: _Optional[_Iterable[int]] = ..., statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ...) -> None: ...
+    feast_type: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[ValueType, str]] = ..., values: _Optional[_Union[Values, _Mapping]] = ..., event_timestamps_us: _Optional[_Iterable[int]] = ..., statuses: _Optional[_Iterable[_Union[FeatureStatus, str]]] = ..., feast_type: _Optional[str] = ...) -> None: ...
 
 class GetOnlineFeaturesResponse(_message.Message):
     __slots__ = ("features",)
