@@ -19,6 +19,7 @@ from __future__ import annotations
 import decimal
 import logging
 import shutil
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +41,8 @@ from tests.helpers import Snapshot, snapshot
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-T0 = datetime(2026, 10, 1, tzinfo=UTC)
+# yesterday, 00:00 UTC: the rows are within their views' ttl (2 days) when served
+T0 = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
 START, END = T0, T0 + timedelta(days=1)
 TS = pa.timestamp("us", tz="UTC")
 U1, U2 = "6f1c1a52-2f0e-4c3c-9a59-0f6d3f2b9c11", "a3bb189e-8bf9-11ee-b9d1-0242ac120002"
@@ -211,8 +213,8 @@ def _write_data(data: Path) -> None:
     pq.write_table(_plain([1, 2], [1, 2], [10, 20]), data / "folder" / "a.parquet")
     pq.write_table(_plain([1, 3], [3, 4], [11, 31]), data / "folder" / "b.parquet")
     for day, table in (
-        ("2026-10-01", _plain([1, 2], [1, 2], [10, 20])),
-        ("2026-10-02", _plain([1, 3], [20, 21], [11, 31])),
+        (f"{T0:%Y-%m-%d}", _plain([1, 2], [1, 2], [10, 20])),
+        (f"{T0 + timedelta(days=1):%Y-%m-%d}", _plain([1, 3], [20, 21], [11, 31])),
     ):
         (data / "hive" / f"day={day}").mkdir(parents=True)
         pq.write_table(table, data / "hive" / f"day={day}" / "part-0.parquet")
@@ -443,3 +445,52 @@ def test_older_entity_key_versions_are_written_as_feast_writes_them(
         assert any(k.startswith(b"\x02\x00\x00\x00eid\x04\x00\x00\x00\x08") for k in by_carrara)
     else:  # version 1 packs Int64 keys in 4 bytes
         assert any(k.startswith(b"\x02\x00\x00\x00eid\x04\x00\x00\x00\x04") for k in by_carrara)
+
+
+def _as_served(value: Any) -> Any:
+    """A value of Feast's `to_dict()` as GetOnlineFeatures carries it: timestamps as epoch
+    seconds, uuids and decimals as text, sets as sorted lists (the wire keeps stored order)."""
+    if isinstance(value, datetime):
+        return int(value.timestamp())
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, set):
+        return sorted((_as_served(v) for v in value), key=repr)
+    if isinstance(value, list):
+        return [_as_served(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _as_served(v) for k, v in value.items()}
+    return value
+
+
+def test_get_online_features_serves_every_type_as_feast_returns_it(
+    types_repo: Path, feast: Feast, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    from serving.client import PredictionClient, python_values
+    from serving.online.server import Server, ServerSettings
+
+    views = ("scalars", "lists", "sets", "objects", "entityless")
+    refs = [f"{v}:{c}" for v in views[:4] for c in COLUMNS[v]] + ["entityless:x"]
+    ids = [0, 1, 2, 4, 5, 6]  # 3: null elements Feast cannot read back; 6: no entity
+    _flush(redis_server.url)
+    materialize(types_repo, START, END, views=list(views))
+    by_feast = feast.online(refs, [{"eid": i} for i in ids])
+    settings = ServerSettings(
+        repo=types_repo, registry=tmp_path / "models", port=0, redis_url=redis_server.url
+    )
+    server = Server(settings)
+    server.start()
+    try:
+        with PredictionClient(f"127.0.0.1:{server.port}", timeout_s=30) as client:
+            response = client.online_features({"eid": ids}, features=refs)
+    finally:
+        server.stop()
+    ours = {c.name: python_values(c) for c in response.features}
+    assert ours.keys() == {k for k in by_feast if k != "eid"}
+    for name, values in ours.items():
+        expected = [_as_served(v) for v in by_feast[name]]
+        if name.startswith("sets__"):
+            values = [sorted(v, key=repr) if v else v for v in values]
+        assert values == expected, name
+    assert ours["entityless__x"] == [40] * len(ids)  # Feast's one row, whatever the entity
+    assert ours["objects__typed"][0] == {"n": 1, "f": 1.5, "b": True}
