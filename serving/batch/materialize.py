@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -124,6 +124,25 @@ class MaterializeReport:
         return sum(v.values for v in self.views)
 
 
+class MaterializeEngine(Protocol):
+    """Where views are read and written: `prepare` checks a view and finds its latest rows,
+    writing nothing; `write` writes what `prepare` returned, through the guard."""
+
+    def prepare(self, window: ViewWindow, repo: Path, plan: ServingPlan) -> Any: ...
+
+    def write(self, store: OnlineStore, prepared: Any, plan: ServingPlan) -> ViewReport: ...
+
+
+class LocalEngine:
+    """This process: one view at a time, streamed (prepare_view, write_view)."""
+
+    def prepare(self, window: ViewWindow, repo: Path, plan: ServingPlan) -> PreparedView:
+        return prepare_view(window, repo, plan)
+
+    def write(self, store: OnlineStore, prepared: PreparedView, plan: ServingPlan) -> ViewReport:
+        return write_view(store, prepared, plan)
+
+
 def materialize(
     repo: Path,
     start: datetime | None = None,
@@ -132,9 +151,15 @@ def materialize(
     views: Sequence[str] | None = None,
     redis_url: str | None = None,
     on_view: Callable[[ViewReport], None] | None = None,
+    engine: MaterializeEngine | None = None,
 ) -> MaterializeReport:
-    """Materialize the repo's views into its Redis; `on_view` hears of each finished view."""
+    """Materialize the repo's views into its Redis; `on_view` hears of each finished view.
+
+    `engine` reads and writes the views (default: this process); selection, windows, the
+    checks' order (every view prepared before the first write) and the recording are the same
+    whichever engine runs."""
     started = time.perf_counter()
+    engine = engine or LocalEngine()
     plan = ensure_plan(repo)
     files = RepoFiles.locate(repo)
     settings = redis_settings(repo, redis_url)
@@ -148,9 +173,9 @@ def materialize(
     reports = []
     try:
         store.ping()
-        prepared = [prepare_view(window, files.repo, plan) for window in windows]
+        prepared = [engine.prepare(window, files.repo, plan) for window in windows]
         for item in prepared:  # every view checked: from here on, only writes
-            report = write_view(store, item, plan)
+            report = engine.write(store, item, plan)
             reports.append(report)
             if on_view:
                 on_view(report)

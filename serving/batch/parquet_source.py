@@ -143,21 +143,64 @@ def latest_per_entity(
     full rows of just those, row group by row group, skipping groups that hold none.
     """
     columns = SourceColumns.of(view)
+    keys = latest_keys(columns, files, start, end, on_rows)
+    return Latest(columns, files, positions(keys))
+
+
+NO_ROWS = pa.table({_FILE: pa.array([], pa.int32()), _ROW: pa.array([], pa.int64())})
+
+
+def positions(keys: pa.Table) -> pa.Table:
+    """`Latest.where` of a `latest_keys` table: the rows' positions, in file order."""
+    return keys.select([_FILE, _ROW]).sort_by([(_FILE, "ascending"), (_ROW, "ascending")])
+
+
+def latest_keys(
+    columns: SourceColumns,
+    files: list[str],
+    start: datetime,
+    end: datetime,
+    on_rows: Callable[[int], None] | None = None,
+    first_file: int = 0,
+) -> pa.Table:
+    """The first pass: per entity, its latest row's join keys, timestamps and position (file
+    index, counted from `first_file`, and row), in no particular order.
+
+    A table of such rows from several calls, concatenated in file order, reduces again with
+    `reduce_latest` to the same rows as one call over all the files (the earlier file wins a
+    tie, as in one call)."""
     start_us, end_us = _micros(start), _micros(end)
     kept: list[pa.Table] = []
     kept_rows = entities = 0
-    for batch in _key_batches(columns, files, start_us, end_us, on_rows):
+    for batch in _key_batches(columns, files, start_us, end_us, on_rows, first_file):
         kept.append(batch)
         kept_rows += batch.num_rows
         if kept_rows >= max(COMPACT_FLOOR_ROWS, 2 * entities):
-            table = pa.concat_tables(kept)
-            kept = [table.take(_latest(table, columns))]
+            kept = [reduce_latest(concat_keys(kept), columns)]
             kept_rows = entities = kept[0].num_rows
     if not kept:
-        return Latest(columns, files, pa.table({_FILE: pa.array([], pa.int32()), _ROW: []}))
-    table = pa.concat_tables(kept)
-    where = table.take(_latest(table, columns)).select([_FILE, _ROW])
-    return Latest(columns, files, where.sort_by([(_FILE, "ascending"), (_ROW, "ascending")]))
+        return _empty_keys(columns)
+    return reduce_latest(concat_keys(kept), columns)
+
+
+def concat_keys(tables: Sequence[pa.Table]) -> pa.Table:
+    """Key tables of several files as one: integer keys of different widths (an Int32 key
+    stored as int64 in one file) widen, so that the row checks, not Arrow, refuse a value."""
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def reduce_latest(table: pa.Table, columns: SourceColumns) -> pa.Table:
+    """The rows of `table` latest per entity; ties keep the row that comes first."""
+    return table.take(_latest(table, columns))
+
+
+def _empty_keys(columns: SourceColumns) -> pa.Table:
+    fields = {name: pa.array([], pa.string()) for name in columns.join_keys}
+    fields.update({EVENT_TS: pa.array([], pa.timestamp("us", "UTC"))})
+    if columns.created_ts:
+        fields[CREATED_TS] = pa.array([], pa.timestamp("us", "UTC"))
+    fields.update({_FILE: pa.array([], pa.int32()), _ROW: pa.array([], pa.int64())})
+    return pa.table(fields)
 
 
 @dataclass(frozen=True)
@@ -197,12 +240,13 @@ def _key_batches(
     start_us: int,
     end_us: int,
     on_rows: Callable[[int], None] | None,
+    first_file: int = 0,
 ) -> Iterator[pa.Table]:
     """Join keys, timestamps and positions of the rows in the window, batch by batch."""
     renames = columns.renames()
     keys = columns.read_keys()
     wanted = [*keys.values(), columns.event_ts, *filter(None, [columns.created_ts])]
-    for index, path in enumerate(files):
+    for index, path in enumerate(files, start=first_file):
         parquet = _open(path)
         _check_schema(columns, parquet.schema_arrow, path)
         unit = parquet.schema_arrow.field(columns.event_ts).type.unit

@@ -95,19 +95,19 @@ def score_file(request: ScoreRequest) -> ScoreReport:
         timestamp=None if request.online else request.timestamp_column,
     )
     parquet = open_input(spec)
-    schema = _output_schema(parquet.schema_arrow, request.input)
+    schema = output_schema(parquet.schema_arrow, request.input)
     if not request.output.parent.is_dir():
         raise UsageError(f"output folder {request.output.parent} does not exist")
     chunk_rows = request.chunk_rows or (ONLINE_CHUNK_ROWS if request.online else CHUNK_ROWS)
     version = str(loaded.version)
     with contextlib.ExitStack() as resources:
-        score = _scorer(request, plan, loaded, resources)
+        score = build_scorer(request, plan, loaded, resources)
         tmp = resources.enter_context(replacing(request.output))
         writer = resources.enter_context(pq.ParquetWriter(tmp, schema))
         chunks = read_chunks(parquet, spec, chunk_rows)
         label = f"score {loaded.name}:{version}"
         with Progress(label, total=parquet.metadata.num_rows) as bar:
-            rows, missing = _pipeline(chunks, score, version, schema, writer, bar)
+            rows, missing = score_chunks(chunks, score, version, schema, writer, bar)
     return ScoreReport(
         model=loaded.name,
         version=version,
@@ -118,7 +118,7 @@ def score_file(request: ScoreRequest) -> ScoreReport:
     )
 
 
-def _scorer(
+def build_scorer(
     request: ScoreRequest, plan: ServingPlan, loaded: LoadedModel, resources: contextlib.ExitStack
 ) -> ScoreChunk:
     """A function scoring one chunk: point in time offline, or the server's path online."""
@@ -148,7 +148,7 @@ def _scorer(
     return online
 
 
-def _pipeline(
+def score_chunks(
     chunks: Iterator[InputChunk],
     score: ScoreChunk,
     version: str,
@@ -164,7 +164,7 @@ def _pipeline(
         while (chunk := reading.result()) is not None:
             reading = pool.submit(next, chunks, None)
             result = score(chunk)
-            batch = _output_batch(chunk, result, version, schema)
+            batch = output_batch(chunk, result, version, schema)
             if writing is not None:
                 writing.result()
             writing = pool.submit(writer.write_batch, batch)
@@ -176,7 +176,7 @@ def _pipeline(
     return rows, missing
 
 
-def _output_batch(
+def output_batch(
     chunk: InputChunk, result: Prediction, version: str, schema: pa.Schema
 ) -> pa.RecordBatch:
     extra = [
@@ -187,7 +187,7 @@ def _output_batch(
     return pa.RecordBatch.from_arrays([*chunk.batch.columns, *extra], schema=schema)
 
 
-def _output_schema(input_schema: pa.Schema, path: Path) -> pa.Schema:
+def output_schema(input_schema: pa.Schema, path: Path) -> pa.Schema:
     clash = [f.name for f in OUTPUT_FIELDS if f.name in input_schema.names]
     if clash:
         raise DataError(

@@ -46,6 +46,32 @@ def redis_url_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def engine_options(parser: argparse.ArgumentParser) -> None:
+    """--engine local|ray and --ray-address: where a batch command runs."""
+    parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: a Ray cluster (pip install 'carrara[ray]')",
+    )
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        default=None,
+        help="with --engine ray: the cluster's head (`ray start --head` prints it; default: "
+        "RAY_ADDRESS)",
+    )
+
+
+def ray_address(args: argparse.Namespace) -> str | None:
+    """The --ray-address given, refused without --engine ray (it would be ignored)."""
+    from serving.errors import UsageError
+
+    if args.ray_address and args.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
+    return str(args.ray_address) if args.ray_address else None
+
+
 def _url_without_password(text: str) -> str:
     """A URL from the command line: a password in it would show in `ps` and shell history."""
     from serving.store.settings import url_has_password

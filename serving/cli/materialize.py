@@ -6,7 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-from serving.cli.arguments import Subparsers, redis_url_option, repo_option, timestamp
+from serving.cli.arguments import (
+    Subparsers,
+    engine_options,
+    ray_address,
+    redis_url_option,
+    repo_option,
+    timestamp,
+)
 
 
 def add(commands: Subparsers) -> None:
@@ -25,6 +32,7 @@ def add(commands: Subparsers) -> None:
     p.add_argument("--end", type=timestamp, help="window end, ISO-8601 (incremental: now)")
     p.add_argument("--views", type=_names, default=None, help="comma-separated feature views")
     redis_url_option(p)
+    engine_options(p)
     p.set_defaults(run=run)
 
 
@@ -41,6 +49,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.start is not None and args.end is None:
         raise UsageError("--start needs --end")
+    address = ray_address(args)
+    engine = None
+    if args.engine == "ray":
+        from serving.batch.ray_engine.materialize import RayMaterializer
+
+        engine = RayMaterializer(address)
+        engine.connect()  # an unreachable cluster fails before the plan is read
     report = materialize(
         args.repo,
         start=args.start,
@@ -49,8 +64,11 @@ def run(args: argparse.Namespace) -> int:
         views=args.views,
         redis_url=args.redis_url,
         on_view=_print_view,
+        engine=engine,
     )
     _print_summary(report)
+    if engine is not None:
+        print(f"materialize: stages on Ray: {engine.stages.describe()}")
     return 0
 
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 
-from serving.cli.arguments import Subparsers, registry_option, repo_option, timestamp
+from serving.cli.arguments import (
+    Subparsers,
+    engine_options,
+    ray_address,
+    registry_option,
+    repo_option,
+    timestamp,
+)
 
 
 def add(commands: Subparsers) -> None:
@@ -17,6 +25,7 @@ def add(commands: Subparsers) -> None:
     p.add_argument("--start", type=timestamp, default=None, help="first label time (ISO-8601)")
     p.add_argument("--end", type=timestamp, default=None, help="label times before this")
     p.add_argument("--seed", type=int, default=7, help="LightGBM seed (default: %(default)s)")
+    engine_options(p)  # the point-in-time retrieval runs there; LightGBM runs here
     p.set_defaults(run=run)
 
 
@@ -27,7 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from serving.training.train import train
 
     spec = model_kind(args.repo, args.kind)  # an unknown kind fails before Feast is imported
-    result = train(spec, args.repo, ModelRegistry(args.registry), (args.start, args.end), args.seed)
+    address = ray_address(args)
+    with contextlib.ExitStack() as engine:
+        if args.engine == "ray":
+            from serving.batch.ray_engine.training import RayRetrieval
+            from serving.training.training_set import retrieval_engine
+
+            retrieval = RayRetrieval(address)
+            engine.enter_context(retrieval_engine(retrieval))
+        registry = ModelRegistry(args.registry)
+        result = train(spec, args.repo, registry, (args.start, args.end), args.seed)
     card, reg = result.card, result.registration
     print(
         f"train {spec.name}: {total_rows(card) or 0:,} labels, {window_text(card)} "
@@ -40,4 +58,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {baseline.name}: {baseline.description}")
     first = " (first version: production automatically)" if reg.alias == "production" else ""
     print(f"registered {reg.name}:{reg.version} as {reg.name}@{reg.alias}{first} -> {reg.path}")
+    if args.engine == "ray":
+        print(f"train: retrieval stages on Ray: {retrieval.stages.describe()}")
     return 0

@@ -16,6 +16,9 @@ missing (see serving/repo/historical.py for how Feast is made to keep every row)
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,9 +85,8 @@ def join_features(
 ) -> TrainingSet:
     """The labels with their point-in-time features (Feast's historical retrieval)."""
     inputs = labels.frame.drop(columns=[labels.label])
-    features = historical_features(
-        repo, plan, labels.service, inputs, progress or (lambda _rows: None)
-    )
+    retrieve = _RETRIEVAL.get()
+    features = retrieve(repo, plan, labels.service, inputs, progress or (lambda _rows: None))
     frame = pd.concat([labels.frame, features], axis=1)
     return TrainingSet(
         frame=frame,
@@ -95,6 +97,22 @@ def join_features(
         request_fields=labels.request_fields,
         fingerprint=fingerprint(frame),
     )
+
+
+Retrieval = Callable[[Path, ServingPlan, str, pd.DataFrame, Progress], pd.DataFrame]
+_RETRIEVAL: ContextVar[Retrieval] = ContextVar("retrieval", default=historical_features)
+
+
+@contextmanager
+def retrieval_engine(retrieve: Retrieval) -> Iterator[None]:
+    """Within, `join_features` retrieves with `retrieve` (same signature and result as
+    `historical_features`, e.g. on a Ray cluster): `carrara train --engine ray` reaches the
+    retrieval under train() without an engine argument on every function between."""
+    token = _RETRIEVAL.set(retrieve)
+    try:
+        yield
+    finally:
+        _RETRIEVAL.reset(token)
 
 
 def build_training_set(
