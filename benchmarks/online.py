@@ -33,6 +33,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import socket
@@ -318,7 +319,9 @@ def _wait_serving(
 
 
 @contextmanager
-def carrara_server(world: World, work: Path, processes: int, threads: int) -> Iterator[Service]:
+def carrara_server(
+    world: World, work: Path, processes: int, threads: int, extra: Sequence[str] = ()
+) -> Iterator[Service]:
     def command(port: int) -> list[str]:
         return [
             str(BIN / "carrara"),
@@ -335,9 +338,10 @@ def carrara_server(world: World, work: Path, processes: int, threads: int) -> It
             str(processes),
             "--threads",
             str(threads),
+            *extra,
         ]
 
-    log = work / f"serve-p{processes}-t{threads}.log"
+    log = work / f"serve-p{processes}-t{threads}{'-'.join(('', *extra))}.log"
     log.write_bytes(b"")
     started = time.perf_counter()
     with service("carrara", command, "carrara.v1.PredictionService", log, cwd=ROOT) as svc:
@@ -416,6 +420,7 @@ class Job:
     budget_s: float = 1.0
     keep_outputs: int = 0  # predictions of the first warm-up calls, for the cross-check
     naive_threads: int = 1  # naive: Booster.predict's num_threads (0: LightGBM's default)
+    spread: bool = False  # each run of each client process starts at a random place in `inputs`
 
 
 @dataclass
@@ -610,8 +615,12 @@ def _carrara_call(job: Job, cache: dict[Any, Any]) -> Callable[[], Any]:
     from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 
     stubs = _turns([pb_grpc.PredictionServiceStub(c) for c in _channels(job, cache)])
-    requests = _turns([predict_request(job.model, inputs) for inputs in job.inputs])
-    return lambda: stubs().Predict(requests(), timeout=10)
+    requests = [predict_request(job.model, inputs) for inputs in job.inputs]
+    if job.spread:  # neither clients in step nor a phase run again replay the same requests
+        start = random.randrange(len(requests))
+        requests = requests[start:] + requests[:start]
+    next_request = _turns(requests)
+    return lambda: stubs().Predict(next_request(), timeout=10)
 
 
 def _feast_call(job: Job, cache: dict[Any, Any]) -> Callable[[], Any]:
@@ -1072,6 +1081,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=4, help="client processes (default: 4)")
     parser.add_argument(
+        "--feature-cache",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also: ETA 1 row over 100k Zipf-drawn drivers, cache off vs "
+        "--feature-cache-entries N (benchmarks/online_cache.py)",
+    )
+    parser.add_argument(
+        "--feature-cache-only",
+        action="store_true",
+        help="with --feature-cache: run that study alone (no other target)",
+    )
+    parser.add_argument(
         "--concurrency-study",
         action="store_true",
         help="also: threads 1/4/8 x processes, echo sync vs grpc.aio",
@@ -1092,23 +1114,31 @@ def main(argv: list[str] | None = None) -> int:
             out["models"] = world.models
             pool = ClientPool(2 * cfg.clients if args.concurrency_study else cfg.clients)
             stack.callback(pool.close)
-            results, out["startup"] = run_benchmark(cfg, world, work, pool)
+            results: list[dict[str, Any]] = []
+            out["startup"] = {}
+            if not args.feature_cache_only:
+                results, out["startup"] = run_benchmark(cfg, world, work, pool)
             if args.concurrency_study:
                 out["concurrency_study"] = concurrency_study(cfg, world, work, pool)
+            if args.feature_cache:
+                from benchmarks.online_cache import cache_study
+
+                out["feature_cache"] = cache_study(cfg, world, work, pool, args.feature_cache)
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     out["prediction_check_max_abs_diff"] = prediction_check(results, cfg.processes[0])
-    out["targets"] = targets(results, out["startup"], cfg)
+    out["targets"] = targets(results, out["startup"], cfg) if results else {}
     out["started_pids"] = STARTED_PIDS
     out["left_running"] = [pid for pid in STARTED_PIDS if _running(pid)]
     out["results"] = [{k: v for k, v in r.items() if k != "outputs"} for r in results]
-    for r in out.get("concurrency_study", []):
+    for r in out.get("concurrency_study", []) + out.get("feature_cache", {}).get("results", []):
         r.pop("outputs", None)
     write_json(args.out, out)
     _print_summary(out, results, cfg)
     print(f"-> {args.out}")
     agree = all(d <= 1e-9 for d in out["prediction_check_max_abs_diff"].values())
+    agree = agree and out.get("feature_cache", {}).get("identical_predictions", True)
     if out["left_running"]:
         print(f"processes still running: {out['left_running']}", file=sys.stderr)
     return 0 if agree and not out["left_running"] else 1
@@ -1129,17 +1159,24 @@ def _print_summary(out: dict[str, Any], results: list[dict[str, Any]], cfg: Conf
                 else ""
             )
         )
-    print(f"predictions carrara vs naive, max |diff|: {out['prediction_check_max_abs_diff']}")
-    print()
-    print(report(results))
+    if results:  # not with --feature-cache-only
+        print(f"predictions carrara vs naive, max |diff|: {out['prediction_check_max_abs_diff']}")
+        print()
+        print(report(results))
     if "concurrency_study" in out:
         print("\nconcurrency study (ETA 1 row; echo: the floor)")
         print(report(out["concurrency_study"]))
-    print()
-    print(ratios(results))
-    print()
+    if results:
+        print()
+        print(ratios(results))
+        print()
     for check, ok in out["targets"].items():
         print(f"{'PASS' if ok else 'MISS'}  {check}")
+    if "feature_cache" in out:
+        from benchmarks.online_cache import cache_report
+
+        print()
+        print(cache_report(out["feature_cache"]))
     for r in results + out.get("concurrency_study", []):
         others = max(r["others_busy"], r["latency_others_busy"])
         if others > OTHERS_LIMIT:

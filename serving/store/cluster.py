@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from binascii import crc_hqx
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -56,6 +56,9 @@ class ClusterConnection:
         self._slot_nodes: list[str | None] = []
         self._stale = True
         self._links: PerThread[dict[str, Link]] = PerThread(dict)
+        # bumped by each slot-table refresh and redirect: the feature cache keeps no reply
+        # read across a change, and re-subscribes its invalidations when the masters change
+        self.topology = 0
         # unreachable now: said by the first request (UNAVAILABLE) and by the health check
         with contextlib.suppress(StoreUnavailableError):
             self._refresh_slots()
@@ -102,6 +105,12 @@ class ClusterConnection:
             self._refresh_slots()
         return [self._cluster.get_redis_connection(n) for n in self._cluster.get_primaries()]
 
+    def invalidation_sources(self) -> dict[str, Callable[[], Any]]:
+        """Every master serving a slot, and a maker of connections to it (feature_cache.py)."""
+        if self._stale:
+            self._refresh_slots()
+        return {node: self._maker(node) for node in sorted({n for n in self._slot_nodes if n})}
+
     def load_script(self, script: bytes) -> str:
         """Load a script on every master; its SHA-1."""
         try:
@@ -147,6 +156,8 @@ class ClusterConnection:
             if not isinstance(reply, hiredis.ReplyError):
                 continue
             kind, _slot, address = [*str(reply).split(" "), "", ""][:3]
+            if kind in ("MOVED", "ASK"):
+                self.topology += 1
             if kind == "MOVED":
                 self._stale = True  # refresh before the next request
                 replies[i] = self._link(address).exchange(commands[i], 1, timeout_s)[0]
@@ -162,13 +173,15 @@ class ClusterConnection:
         links = self._links.get()
         link = links.get(node)
         if link is None:
-            host, _, port = node.rpartition(":")
-            target = self._cluster.get_node(host=host, port=int(port)) or ClusterNode(
-                host, int(port)
-            )
-            pool = self._cluster.get_redis_connection(target).connection_pool
-            link = links[node] = Link(lambda: pool.connection_class(**pool.connection_kwargs))
+            link = links[node] = Link(self._maker(node))
         return link
+
+    def _maker(self, node: str) -> Callable[[], Any]:
+        """A maker of unconnected redis-py connections to `node` ("host:port")."""
+        host, _, port = node.rpartition(":")
+        target = self._cluster.get_node(host=host, port=int(port)) or ClusterNode(host, int(port))
+        pool = self._cluster.get_redis_connection(target).connection_pool
+        return lambda: pool.connection_class(**pool.connection_kwargs)
 
     def _refresh_slots(self) -> None:
         """The slot -> master table, re-read from the cluster (after an error or MOVED)."""
@@ -193,3 +206,4 @@ class ClusterConnection:
                 cache[slot][0].name if cache.get(slot) else None for slot in range(SLOTS)
             ]
             self._stale = False
+            self.topology += 1

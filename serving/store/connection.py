@@ -7,7 +7,9 @@ redacted URL (never the password).
 
 from __future__ import annotations
 
+import socket
 import ssl
+import struct
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -21,6 +23,14 @@ from serving.store.settings import RedisSettings
 
 READ_TIMEOUT_S = 1.0
 READ_BUFFER_BYTES = 1 << 16
+
+
+class KeyedReader(Protocol):
+    """What reads need: pipelined commands, one per key (a connection, or the feature cache)."""
+
+    def exchange_keyed(
+        self, keys: Sequence[bytes], commands: Sequence[bytes], timeout_s: float
+    ) -> list[Any]: ...
 
 
 class Connection(Protocol):
@@ -73,6 +83,11 @@ class RedisConnection:
         """One command per key (RESP bytes), pipelined; the replies in order."""
         return self.exchange(b"".join(commands), len(commands), timeout_s)
 
+    def client(self) -> redis.Redis:
+        """A redis-py client on this connection's pool (its topology, TLS and credentials),
+        for commands the store does not wrap (the ingester's stream commands)."""
+        return redis.Redis(connection_pool=self._pool)
+
     @contextmanager
     def checkout(self, timeout_s: float) -> Iterator[Any]:
         """A pooled redis-py connection, dropped (not reused) when the block fails."""
@@ -96,6 +111,13 @@ class RedisConnection:
     def node_clients(self) -> list[Any]:
         """redis-py clients, one per master, for occasional commands off the request path."""
         return [redis.Redis(connection_pool=self._pool)]
+
+    # One server: where a key is read from never changes (feature_cache.py's `Listened`).
+    topology = 0
+
+    def invalidation_sources(self) -> dict[str, Callable[[], Any]]:
+        """The server, and a maker of connections to it (feature_cache.py's listener)."""
+        return {self.settings.describe(): self._new_connection}
 
     def unavailable(self, exc: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(f"{self.settings.describe()}: {describe_error(exc)}")
@@ -178,7 +200,7 @@ class Link:
     def send(self, packed: bytes, timeout_s: float) -> None:
         try:
             self._socket(timeout_s).sendall(packed)
-        except TimeoutError as exc:  # socket.timeout
+        except (TimeoutError, BlockingIOError) as exc:  # socket.timeout; SO_SNDTIMEO
             raise redis.TimeoutError(f"Timeout after {timeout_s:g} s writing to Redis") from exc
         except OSError as exc:
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
@@ -198,7 +220,7 @@ class Link:
                     reader.feed(buffer, 0, received)
                 else:
                     replies.append(reply)
-        except TimeoutError as exc:  # socket.timeout
+        except (TimeoutError, BlockingIOError) as exc:  # socket.timeout; SO_RCVTIMEO
             raise redis.TimeoutError(f"Timeout after {timeout_s:g} s reading from Redis") from exc
         except (OSError, hiredis.ProtocolError) as exc:
             raise redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
@@ -213,13 +235,28 @@ class Link:
             self._timeout_s = None
         sock = self._conn._sock  # redis-py keeps no public accessor
         if timeout_s != self._timeout_s:
-            sock.settimeout(timeout_s)
+            _set_timeout(sock, timeout_s)
             self._timeout_s = timeout_s
         return sock
 
     def close(self) -> None:
         self._reader = None
         self._conn.disconnect()
+
+
+def _set_timeout(sock: Any, timeout_s: float) -> None:
+    """Bound each send and receive by `timeout_s`. A plain socket gets a blocking one with
+    SO_SNDTIMEO/SO_RCVTIMEO: Python's own timeout would poll() before every send and every
+    receive, two syscalls per read that the kernel's timeout spares. TLS keeps Python's."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(timeout_s)
+        return
+    sock.settimeout(None)
+    seconds = int(timeout_s)
+    micros = max(int((timeout_s - seconds) * 1e6), 0 if seconds else 1)  # 0 s 0 us: no timeout
+    value = struct.pack("@ll", seconds, micros)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def _raise_reply_error(replies: list[Any]) -> list[Any]:

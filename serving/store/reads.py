@@ -2,8 +2,9 @@
 
 Reads (the request path) follow a `ReadPlan` (read_plan.py) resolved at start-up: per
 request only the given key values are encoded, ONE pipeline is sent (an HMGET of all fields
-per distinct key per key group) on the calling thread's own link (connection.py), and the
-replies are decoded straight into a float64 matrix.
+per distinct key per key group) on the calling thread's own link (connection.py), through the
+feature cache when it is on (feature_cache.py: cached replies are decoded like fresh ones), and
+the replies are decoded straight into a float64 matrix.
 - `values` is NaN wherever `status` is not PRESENT: a key, field or stored value that is
   absent or null (b""), or a String whose bytes are not in its `categories`, is MISSING.
 - STALE: the view's `_ts` is older than now - ttl (ttl 0: never stale). Feast does not enforce
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from serving.errors import DataError, InvalidRequestError
 from serving.store import codec
-from serving.store.connection import READ_TIMEOUT_S, Connection
+from serving.store.connection import READ_TIMEOUT_S, KeyedReader
 from serving.store.read_plan import NUMERIC_DTYPES, FeatureRead, KeyGroup, ReadPlan
 
 VECTOR_DECODE_FROM = 512  # values per read from which numpy decodes faster than a Python loop
@@ -59,7 +60,7 @@ class RawRead:
 
 
 def read(
-    connection: Connection,
+    connection: KeyedReader,
     plan: ReadPlan,
     entities: Mapping[str, Sequence[Any]],
     now_s: float | None = None,
@@ -106,7 +107,7 @@ def read(
 
 
 def read_raw(
-    connection: Connection,
+    connection: KeyedReader,
     plan: ReadPlan,
     entities: Mapping[str, Sequence[Any]],
     now_s: float | None = None,
@@ -131,7 +132,7 @@ def read_raw(
 
 
 def _fetch(
-    connection: Connection,
+    connection: KeyedReader,
     plan: ReadPlan,
     entities: Mapping[str, Sequence[Any]],
     timeout_s: float | None,

@@ -25,6 +25,7 @@ def test_benchmark_small_run_measures_every_target_and_stops_its_processes(
             *("-m", "benchmarks.online", "--small"),
             *("--models", str(trained_registry)),  # copied, not trained again
             *("--processes", "1,2", "--out", str(out)),
+            *("--feature-cache", "10000"),  # the cache study (benchmarks/online_cache.py)
         ],
         timeout_s=RUN_TIMEOUT_S,
         cwd=ROOT,
@@ -52,3 +53,9 @@ def test_benchmark_small_run_measures_every_target_and_stops_its_processes(
     assert data["left_running"] == []
     assert data["commit"]
     assert any(line.startswith(("PASS", "MISS")) for line in result.stdout.splitlines())
+    cache = data["feature_cache"]
+    assert [r.get("cache") for r in cache["results"]] == [None, "off", "on"]
+    assert cache["identical_predictions"] is True
+    assert 0 < cache["hit_rate"] < 1  # Zipf traffic: popular drivers hit, the tail misses
+    assert cache["invalidation"]["write_to_reply"]["count"] > 0
+    assert len(cache["targets"]) == 5
