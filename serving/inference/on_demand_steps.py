@@ -95,10 +95,13 @@ def view_inputs(
     inputs = {**entities, **request_data}
     for source in view.sources:
         for feature in source.features:
-            column = features[f"{source.name}__{feature}"]
-            inputs[f"{source.name}__{feature}"] = column
-            inputs.setdefault(feature, column)
-    return inputs
+            full = f"{source.name}__{feature}"
+            if full in features:  # read when the body may use it (OnDemandViewPlan.uses)
+                inputs[full] = features[full]
+                inputs.setdefault(feature, features[full])
+    if view.used_inputs is None:
+        return inputs
+    return {name: inputs[name] for name in view.used_inputs if name in inputs}
 
 
 def merge_projections(projections: Sequence[Projection]) -> list[Projection]:
