@@ -29,11 +29,15 @@ from serving.credentials import TLSFiles, load_tls, read_token
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 
-Column = Sequence[int] | Sequence[float] | Sequence[str] | Sequence[bool]
+Column = Sequence[int] | Sequence[float] | Sequence[str] | Sequence[bool] | Sequence[Any]
 
 
 def to_values(column: Column) -> pb.Values:
     values: list[Any] = list(column)
+    if any(isinstance(v, dict | list | tuple | bytes) for v in values):
+        if all(isinstance(v, bytes) for v in values):
+            return pb.Values(bytes_values=pb.BytesList(values=values))
+        return pb.Values(nested_values=pb.ValueList(values=[value_message(v) for v in values]))
     if values and all(isinstance(v, bool) for v in values):
         return pb.Values(bool_values=pb.BoolList(values=values))
     if values and all(isinstance(v, int) for v in values):
@@ -54,6 +58,28 @@ def python_values(column: pb.FeatureColumn) -> list[Any]:
         v if status == pb.PRESENT else None
         for v, status in zip(values, column.statuses, strict=True)
     ]
+
+
+def value_message(value: object) -> pb.Value:
+    """One nested value: dicts as maps, lists (and sets, tuples) as lists, None unset."""
+    if value is None:
+        return pb.Value()
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if isinstance(value, int):
+        return pb.Value(int64_value=value)
+    if isinstance(value, float):
+        return pb.Value(double_value=value)
+    if isinstance(value, str):
+        return pb.Value(string_value=value)
+    if isinstance(value, bytes):
+        return pb.Value(bytes_value=value)
+    if isinstance(value, dict):
+        fields = {str(k): value_message(v) for k, v in value.items()}
+        return pb.Value(map_value=pb.ValueMap(fields=fields))
+    if isinstance(value, list | tuple | set | frozenset):
+        return pb.Value(list_value=pb.ValueList(values=[value_message(v) for v in value]))
+    return pb.Value(string_value=str(value))  # Decimal, UUID: their text
 
 
 def python_value(value: pb.Value) -> Any:
@@ -120,6 +146,20 @@ class PredictionClient:
             request_data={k: to_values(v) for k, v in (request_data or {}).items()},
         )
         response: pb.GetOnlineFeaturesResponse = self._stub.GetOnlineFeatures(
+            request, timeout=self._timeout_s, metadata=self._metadata
+        )
+        return response
+
+    def push(
+        self, push_source: str, columns: Mapping[str, Column], to: int = pb.ONLINE
+    ) -> pb.PushResponse:
+        """Rows for a push source (its timestamp field as int64 UTC microseconds)."""
+        request = pb.PushRequest(
+            push_source=push_source,
+            columns={k: to_values(v) for k, v in columns.items()},
+            to=to,  # type: ignore[arg-type]
+        )
+        response: pb.PushResponse = self._stub.Push(
             request, timeout=self._timeout_s, metadata=self._metadata
         )
         return response

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.client import python_value, value_message
 from serving.errors import InvalidRequestError, echo
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.repo.plan import Column
@@ -38,7 +39,21 @@ _WIRE_NAMES = {
     "double_values": "double",
     "string_values": "string",
     "bool_values": "bool",
+    "bytes_values": "bytes",
+    "nested_values": "nested",
 }
+
+
+def _input_kinds(dtype: str) -> tuple[str, ...]:
+    """The Values kinds a caller may send for a feature that is not a wire scalar (Push)."""
+    kind = feature_type(dtype)
+    if kind == pb.BYTES:
+        return ("bytes_values",)
+    if kind == pb.STRING:  # Uuid, Decimal: their text
+        return ("string_values",)
+    if kind == pb.JSON:
+        return ("nested_values", "string_values")
+    return ("nested_values",) if kind != pb.VALUE_TYPE_UNSPECIFIED else ()
 
 
 def wire_type(dtype: str) -> pb.ValueType:
@@ -88,30 +103,12 @@ def feature_values(values: Sequence[object], dtype: str) -> pb.Values:
 _DEFAULTS: dict[int, object] = {pb.INT64: 0, pb.DOUBLE: math.nan, pb.BOOL: False}
 
 
-def value_message(value: object) -> pb.Value:
-    """One nested value: dicts as maps, lists (and sets, tuples) as lists, None unset."""
-    if value is None:
-        return pb.Value()
-    if isinstance(value, bool):
-        return pb.Value(bool_value=value)
-    if isinstance(value, int):
-        return pb.Value(int64_value=value)
-    if isinstance(value, float):
-        return pb.Value(double_value=value)
-    if isinstance(value, str):
-        return pb.Value(string_value=value)
-    if isinstance(value, bytes):
-        return pb.Value(bytes_value=value)
-    if isinstance(value, dict):
-        fields = {str(k): value_message(v) for k, v in value.items()}
-        return pb.Value(map_value=pb.ValueMap(fields=fields))
-    if isinstance(value, list | tuple | set | frozenset):
-        return pb.Value(list_value=pb.ValueList(values=[value_message(v) for v in value]))
-    return pb.Value(string_value=str(value))  # Decimal, UUID: their text
-
-
 def read_columns(
-    section: str, values: Mapping[str, pb.Values], expected: Sequence[Column], max_rows: int
+    section: str,
+    values: Mapping[str, pb.Values],
+    expected: Sequence[Column],
+    max_rows: int,
+    known_as: str = "an input of this model",
 ) -> tuple[dict[str, list[Any]], int]:
     """Typed columns for `expected` fields of a request map, and the common row count."""
     columns: dict[str, list[Any]] = {}
@@ -122,7 +119,7 @@ def read_columns(
         columns[column.name] = _to_list(section, column.name, given, column.dtype)
     if len(values) > len(expected):
         unknown = sorted(set(values) - {c.name for c in expected})
-        raise InvalidRequestError(f"{section}: {echo(unknown[0])} is not an input of this model")
+        raise InvalidRequestError(f"{section}: {echo(unknown[0])} is not {known_as}")
     rows = _common_length(section, columns)
     if rows == 0 and columns:
         raise InvalidRequestError(f"{section} has no rows")
@@ -152,7 +149,9 @@ def _to_list(section: str, name: str, values: pb.Values, dtype: str) -> list[Any
     if kind is None:  # no rows: any kind will do
         return []
     raw = getattr(values, kind).values
-    accepted, _ = _KINDS.get(dtype, ((), pb.VALUE_TYPE_UNSPECIFIED))
+    accepted, _ = _KINDS.get(dtype) or (_input_kinds(dtype), pb.VALUE_TYPE_UNSPECIFIED)
+    if kind == "nested_values" and kind in accepted:
+        return [python_value(v) for v in raw]
     if kind not in accepted and raw:
         want = " or ".join(_WIRE_NAMES[k] for k in accepted) or dtype
         raise InvalidRequestError(

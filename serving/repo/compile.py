@@ -211,7 +211,16 @@ def _view_plan(view: Any, no_ttl: bool) -> FeatureViewPlan:
         else None,
         online=bool(view.online),
         enabled=bool(getattr(view, "enabled", True)),
+        push_source=_push_source_name(view),
     )
+
+
+def _push_source_name(view: Any) -> str | None:
+    """The PushSource a view takes pushed rows from (Feast: its stream_source), if any."""
+    from feast.data_source import PushSource
+
+    stream = getattr(view, "stream_source", None)
+    return stream.name if isinstance(stream, PushSource) else None
 
 
 def _parquet_file_source(source: Any) -> bool:
@@ -319,7 +328,43 @@ def _odfv_plan(view: Any) -> OnDemandViewPlan:
         function=function,
         mode=view.mode,
         singleton=bool(view.singleton),
+        used_inputs=None if module else subscripted_inputs(source, transformation.udf.__name__),
     )
+
+
+def subscripted_inputs(source: str, udf_name: str) -> tuple[str, ...] | None:
+    """The names `udf_name` reads from its first argument, when it only ever reads it as
+    `arg["name"]`; None when it uses the argument any other way (or cannot be parsed), as
+    then it may read any input."""
+    try:
+        tree = ast.parse(source.lstrip())
+    except SyntaxError:
+        return None
+    udf = next(
+        (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == udf_name),
+        None,
+    )
+    if udf is None or not udf.args.args:
+        return None
+    arg = udf.args.args[0].arg
+    body = [node for statement in udf.body for node in ast.walk(statement)]  # no decorators
+    names: list[str] = []
+    subscripted: set[int] = set()
+    for node in body:
+        if (
+            isinstance(node, ast.Subscript)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == arg
+            and isinstance(node.slice, ast.Constant)
+            and isinstance(node.slice.value, str)
+            and isinstance(node.ctx, ast.Load)
+        ):
+            names.append(node.slice.value)
+            subscripted.add(id(node.value))
+    uses = [n for n in body if isinstance(n, ast.Name) and n.id == arg]
+    if any(id(n) not in subscripted for n in uses):
+        return None
+    return tuple(dict.fromkeys(names))
 
 
 def _delegate_target(source: str) -> tuple[str | None, str | None]:

@@ -68,6 +68,7 @@ class FeatureViewPlan:
     source: BatchSource | None
     online: bool = True
     enabled: bool = True  # Feast's `enabled`: a disabled view is not materialized by default
+    push_source: str | None = None  # the PushSource whose pushed rows it takes
 
     @property
     def entityless(self) -> bool:
@@ -97,11 +98,22 @@ class OnDemandViewPlan:
     function: str | None = None
     mode: str = "python"
     singleton: bool = False
+    # The input names its body reads, when it reads its argument only as `inputs["name"]`
+    # (found at apply time); None: any (it passes the argument on, iterates it, ...).
+    used_inputs: tuple[str, ...] | None = None
 
     @property
     def input_features(self) -> tuple[str, ...]:
         """Full names ("projection__feature") of the features it reads."""
-        return tuple(f"{p.name}__{f}" for p in self.sources for f in p.features)
+        return tuple(
+            f"{p.name}__{f}"
+            for p in self.sources
+            for f in p.features
+            if self.uses(f) or self.uses(f"{p.name}__{f}")
+        )
+
+    def uses(self, name: str) -> bool:
+        return self.used_inputs is None or name in self.used_inputs
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,17 @@ class ServingPlan:
         if found:
             more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
             raise PlanError(found[0].describe() + more)
+
+    def push_views(self, push_source: str) -> list[FeatureViewPlan]:
+        """The views that take the rows pushed to `push_source` (NotFound-like PlanError)."""
+        views = [v for v in self.feature_views.values() if v.push_source == push_source]
+        if not views:
+            known = sorted({v.push_source for v in self.feature_views.values() if v.push_source})
+            raise PlanError(
+                f"no push source {push_source!r} feeds a feature view of project "
+                f"{self.project!r} (known: {', '.join(known) or 'none'})"
+            )
+        return views
 
     def feature_service(self, name: str) -> FeatureServicePlan:
         try:
@@ -319,6 +342,7 @@ def _view_from_dict(v: dict[str, Any]) -> FeatureViewPlan:
         source=BatchSource(**source) if source else None,
         online=v["online"],
         enabled=v["enabled"],
+        push_source=v.get("push_source"),
     )
 
 
@@ -329,6 +353,7 @@ def _odfv_from_dict(v: dict[str, Any]) -> OnDemandViewPlan:
             "request_fields": _columns(v["request_fields"]),
             "sources": tuple(_projection(p) for p in v["sources"]),
             "outputs": _columns(v["outputs"]),
+            "used_inputs": None if v["used_inputs"] is None else tuple(v["used_inputs"]),
         }
     )
 

@@ -237,7 +237,10 @@ def _dict_to_map(value: dict[Any, Any]) -> bytes:
     for key, item in value.items():
         if not isinstance(key, str):
             raise _RefusedError(f"a Map key must be a string, got {type(key).__name__} {key!r}")
-        if item is None:
+        fast = _FAST_ENTRY.get(type(item))
+        if fast is not None and _fast_fits(item):  # what _inferred gives, without inferring
+            entries[key] = scalar_bytes(fast, item)
+        elif item is None:
             entries[key] = b""
         elif isinstance(item, dict):
             entries[key] = len_field(FIELD["MAP"], _dict_to_map(item))
@@ -249,6 +252,18 @@ def _dict_to_map(value: dict[Any, Any]) -> bytes:
             except _RefusedError as exc:
                 raise _RefusedError(f"key {key!r}: {exc}") from None
     return map_bytes(entries)
+
+
+# Map entry values whose Value _inferred would infer and convert as it is: by exact type.
+_FAST_ENTRY: Final[dict[type, str]] = {str: "STRING", bool: "BOOL", int: "INT64", float: "DOUBLE"}
+_INT64_RANGE: Final = range(-(1 << 63), 1 << 63)
+
+
+def _fast_fits(item: Any) -> bool:
+    """Not a NaN (a null to Feast) nor an integer beyond Int64 (refused the slow way)."""
+    if type(item) is float:
+        return bool(item == item)
+    return type(item) is not int or item in _INT64_RANGE
 
 
 def _map_list(items: Any) -> bytes:

@@ -37,6 +37,8 @@ ELEMENT: Final = {
 
 
 def varint(n: int) -> bytes:
+    if 0 <= n < 0x80:  # most tags and lengths: one byte
+        return _ONE_BYTE[n]
     n &= _MASK64
     out = bytearray()
     while n >= 0x80:
@@ -44,6 +46,9 @@ def varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_ONE_BYTE: Final = tuple(bytes((n,)) for n in range(0x80))
 
 
 def len_field(number: int, payload: bytes) -> bytes:

@@ -310,3 +310,146 @@ def test_predict_scores_the_pandas_on_demand_outputs_as_feast_computes_them(
     np.testing.assert_array_equal(ours[:5], matrix[:5])
     np.testing.assert_array_equal(np.array(reply.predictions), booster.predict(ours))
     assert list(reply.missing_features) == [0, 0, 0, 0, 0, 1]  # the unknown driver's conv_rate
+
+
+# --- push: Carrara's Push RPC and `carrara push` against Feast's store.push ---------------
+
+PUSHED_AT = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+
+def _pushed_rows(shift: timedelta = timedelta(0)) -> dict[str, list[Any]]:
+    """Rows for the template's push source: two known drivers and a new one, a driver twice
+    (its later row wins), every kind of feature the fresh view holds."""
+    when = [PUSHED_AT + shift + timedelta(seconds=s) for s in (0, 1, 2, 3)]
+    return {
+        "driver_id": [1001, 1002, 9000, 1001],
+        "event_timestamp": when,
+        "conv_rate": [0.25, 0.5, 0.75, 0.125],
+        "acc_rate": [0.5, 0.25, 1.0, 0.0],
+        "avg_daily_trips": [10, 20, 30, 40],
+        "driver_metadata": [{"vehicle_type": "suv", "rating": "4.5"}] * 3
+        + [{"vehicle_type": "van", "rating": "1"}],
+        "driver_config": ['{"max_distance_km": 5}', "[]", '{"a": [1, 2]}', '"x"'],
+        "driver_profile": [{"name": f"n{i}", "age": str(30 + i)} for i in range(4)],
+    }
+
+
+def _wire_rows(rows: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    micros = [int(t.timestamp() * 1_000_000) for t in rows["event_timestamp"]]
+    return {**rows, "event_timestamp": micros}
+
+
+def _feast_push(store: Any, repo: Path, rows: dict[str, list[Any]]) -> None:
+    import pandas as pd
+
+    store.refresh_registry()
+    with feast_context(repo):  # Feast's push requires the source's created column
+        store.push(
+            "driver_stats_push_source", pd.DataFrame({**rows, "created": rows["event_timestamp"]})
+        )
+
+
+def test_push_writes_what_feasts_push_writes(
+    applied: Path, feast_store: Any, template_server: Any, redis_server: RedisProcess
+) -> None:
+    from serving.client import PredictionClient
+
+    rows = _pushed_rows()
+    _feast_push(feast_store, applied, {k: v[:3] for k, v in rows.items()})  # Feast: one per key
+    by_feast = snapshot(redis_server.url)
+    redis.Redis.from_url(redis_server.url).flushall()
+    with PredictionClient(f"127.0.0.1:{template_server.port}", timeout_s=30) as client:
+        reply = client.push("driver_stats_push_source", _wire_rows(rows))
+        assert (reply.rows_written, reply.rows_older_than_stored) == (3, 0)
+        later = _wire_rows(_pushed_rows(timedelta(seconds=10)))
+        again = client.push("driver_stats_push_source", {k: v[:3] for k, v in later.items()})
+        older = client.push("driver_stats_push_source", _wire_rows(rows))
+    assert (again.rows_written, again.rows_older_than_stored) == (3, 0)
+    assert (older.rows_written, older.rows_older_than_stored) == (0, 3)
+    redis.Redis.from_url(redis_server.url).flushall()
+    with PredictionClient(f"127.0.0.1:{template_server.port}", timeout_s=30) as client:
+        client.push("driver_stats_push_source", _wire_rows({k: v[:3] for k, v in rows.items()}))
+    assert assert_same_values(by_feast, snapshot(redis_server.url)) >= 3 * 4
+    assert len(by_feast) == 3
+    fresh = {"view": "driver_hourly_stats_fresh"}
+    registry = template_server.metrics.registry
+    assert registry.get_sample_value("carrara_feature_freshness_seconds_count", fresh) >= 9
+    age = registry.get_sample_value("carrara_feature_freshness_seconds_sum", fresh)
+    assert age > 9 * 60  # the rows' event times are 5 minutes and more in the past
+
+
+def test_carrara_push_from_a_file_writes_what_the_rpc_writes(
+    applied: Path,
+    template_server: Any,
+    redis_server: RedisProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from serving.client import PredictionClient
+
+    rows = _pushed_rows()
+    with PredictionClient(f"127.0.0.1:{template_server.port}", timeout_s=30) as client:
+        client.push("driver_stats_push_source", _wire_rows(rows))
+    by_rpc = snapshot(redis_server.url)
+    redis.Redis.from_url(redis_server.url).flushall()
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pydict(rows), path)
+    args = ["push", "--repo", str(applied), "--source", "driver_stats_push_source"]
+    assert main([*args, "--input", str(path), "--redis-url", redis_server.url]) == 0
+    assert "3 rows written, 0 older than stored" in capsys.readouterr().out
+    assert snapshot(redis_server.url) == by_rpc
+
+
+def test_bad_pushes_name_the_source_column_and_row(template_server: Any) -> None:
+    import grpc
+
+    from serving.client import PredictionClient
+
+    rows = _wire_rows(_pushed_rows())
+    future = {**rows, "event_timestamp": [rows["event_timestamp"][0] + 3_600_000_000] * 4}
+    cases = [
+        ("nope", rows, grpc.StatusCode.NOT_FOUND, "no push source 'nope'"),
+        ("driver_stats_push_source", {k: v for k, v in rows.items() if k != "conv_rate"},
+         grpc.StatusCode.INVALID_ARGUMENT, "columns.conv_rate is missing"),
+        ("driver_stats_push_source", {**rows, "driver_id": ["a", "b", "c", "d"]},
+         grpc.StatusCode.INVALID_ARGUMENT, "columns.driver_id must be int64"),
+        ("driver_stats_push_source", {**rows, "extra": [1, 2, 3, 4]},
+         grpc.StatusCode.INVALID_ARGUMENT, "'extra' is not a column of this push source"),
+        ("driver_stats_push_source", future, grpc.StatusCode.INVALID_ARGUMENT,
+         "columns.event_timestamp row 0: event time"),
+        ("driver_stats_push_source", {**rows, "driver_config": ["{", "1", "2", "3"]},
+         grpc.StatusCode.INVALID_ARGUMENT, "columns.driver_config"),
+    ]  # fmt: skip
+    with PredictionClient(f"127.0.0.1:{template_server.port}", timeout_s=30) as client:
+        for source, columns, code, needle in cases:
+            with pytest.raises(grpc.RpcError) as info:
+                client.push(source, columns)
+            assert info.value.code() == code, needle
+            assert needle in info.value.details(), info.value.details()
+
+
+def test_push_offline_appends_to_the_batch_source(
+    applied: Path, template_server: Any, redis_server: RedisProcess
+) -> None:
+    """Last in the module: it grows the template's data file (both materializes read it)."""
+    import pyarrow.parquet as pq
+
+    from serving.client import PredictionClient
+    from serving.pb.carrara.v1 import prediction_pb2 as pb
+
+    source = applied / "data" / "driver_stats.parquet"
+    before = pq.read_table(source)
+    with PredictionClient(f"127.0.0.1:{template_server.port}", timeout_s=30) as client:
+        reply = client.push("driver_stats_push_source", _wire_rows(_pushed_rows()), pb.OFFLINE)
+    assert (reply.rows_written, reply.rows_older_than_stored) == (0, 0)
+    assert snapshot(redis_server.url) == {}  # offline only
+    after = pq.read_table(source)
+    assert after.schema == before.schema
+    assert after.num_rows == before.num_rows + 4
+    added = after.slice(before.num_rows).to_pylist()
+    assert [r["driver_id"] for r in added] == [1001, 1002, 9000, 1001]
+    assert added[0]["driver_metadata"] == {"vehicle_type": "suv", "rating": "4.5"}
+    assert all(r["created"] is not None for r in added)

@@ -386,6 +386,20 @@ def test_a_token_limited_to_eta_may_call_eta_only(
         error = rpc_error(lambda: client.online_features({"zone_id": [1]}, "pricing_v1"))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "`features`" in error.details()
+        error = rpc_error(lambda: client.push("any_source", ZONE_1))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "`push`" in error.details()
+
+
+def test_push_needs_a_token_that_may_push(
+    tls_server: Server, certificates: Certificates, token_files: dict[str, Path]
+) -> None:
+    """A token alone may call everything: its push reaches the handler (the sample world has
+    no push source, so: NOT_FOUND, naming it)."""
+    with tls_client(tls_server, certificates, token_files["all"]) as client:
+        error = rpc_error(lambda: client.push("no_such_source", ZONE_1))
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert "no push source 'no_such_source'" in error.details()
 
 
 def test_a_token_listing_features_reads_online_features(

@@ -91,4 +91,18 @@ def test_contract_field_numbers_are_as_designed() -> None:
         "Predict",
         "GetOnlineFeatures",
         "ListModels",
+        "Push",  # added, as the design fixes it
     ]
+    push = pb.PushRequest.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in push.items()} == {"push_source": 1, "columns": 2, "to": 3}
+    pushed = pb.PushResponse.DESCRIPTOR.fields_by_name
+    assert {n: f.number for n, f in pushed.items()} == {
+        "rows_written": 1,
+        "rows_older_than_stored": 2,
+    }
+    assert {v.name: v.number for v in pb.PushTarget.DESCRIPTOR.values} == {
+        "PUSH_TARGET_UNSPECIFIED": 0,
+        "ONLINE": 1,
+        "OFFLINE": 2,
+        "ONLINE_AND_OFFLINE": 3,
+    }

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from serving.client import python_value, python_values
-from serving.online.wire import feature_type, feature_values, value_message
+from serving.client import python_value, python_values, value_message
+from serving.online.wire import feature_type, feature_values
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 
 _SCALARS = (

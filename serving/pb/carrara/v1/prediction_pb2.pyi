@@ -27,6 +27,13 @@ class FeatureStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRESENT: _ClassVar[FeatureStatus]
     MISSING: _ClassVar[FeatureStatus]
     STALE: _ClassVar[FeatureStatus]
+
+class PushTarget(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PUSH_TARGET_UNSPECIFIED: _ClassVar[PushTarget]
+    ONLINE: _ClassVar[PushTarget]
+    OFFLINE: _ClassVar[PushTarget]
+    ONLINE_AND_OFFLINE: _ClassVar[PushTarget]
 VALUE_TYPE_UNSPECIFIED: ValueType
 INT64: ValueType
 DOUBLE: ValueType
@@ -42,6 +49,10 @@ FEATURE_STATUS_UNSPECIFIED: FeatureStatus
 PRESENT: FeatureStatus
 MISSING: FeatureStatus
 STALE: FeatureStatus
+PUSH_TARGET_UNSPECIFIED: PushTarget
+ONLINE: PushTarget
+OFFLINE: PushTarget
+ONLINE_AND_OFFLINE: PushTarget
 
 class Int64List(_message.Message):
     __slots__ = ("values",)
@@ -258,3 +269,28 @@ class GetOnlineFeaturesResponse(_message.Message):
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     features: _containers.RepeatedCompositeFieldContainer[FeatureColumn]
     def __init__(self, features: _Optional[_Iterable[_Union[FeatureColumn, _Mapping]]] = ...) -> None: ...
+
+class PushRequest(_message.Message):
+    __slots__ = ("push_source", "columns", "to")
+    class ColumnsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Values
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Values, _Mapping]] = ...) -> None: ...
+    PUSH_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    push_source: str
+    columns: _containers.MessageMap[str, Values]
+    to: PushTarget
+    def __init__(self, push_source: _Optional[str] = ..., columns: _Optional[_Mapping[str, Values]] = ..., to: _Optional[_Union[PushTarget, str]] = ...) -> None: ...
+
+class PushResponse(_message.Message):
+    __slots__ = ("rows_written", "rows_older_than_stored")
+    ROWS_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    ROWS_OLDER_THAN_STORED_FIELD_NUMBER: _ClassVar[int]
+    rows_written: int
+    rows_older_than_stored: int
+    def __init__(self, rows_written: _Optional[int] = ..., rows_older_than_stored: _Optional[int] = ...) -> None: ...

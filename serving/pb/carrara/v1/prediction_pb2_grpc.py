@@ -49,6 +49,11 @@ class PredictionServiceStub:
                 request_serializer=carrara_dot_v1_dot_prediction__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=carrara_dot_v1_dot_prediction__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.Push = channel.unary_unary(
+                '/carrara.v1.PredictionService/Push',
+                request_serializer=carrara_dot_v1_dot_prediction__pb2.PushRequest.SerializeToString,
+                response_deserializer=carrara_dot_v1_dot_prediction__pb2.PushResponse.FromString,
+                _registered_method=True)
 
 
 class PredictionServiceServicer:
@@ -75,6 +80,13 @@ class PredictionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Push(self, request, context):
+        """Rows for a push source, written to the feature views it feeds (online, offline or both).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_PredictionServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=carrara_dot_v1_dot_prediction__pb2.ListModelsRequest.FromString,
                     response_serializer=carrara_dot_v1_dot_prediction__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'Push': grpc.unary_unary_rpc_method_handler(
+                    servicer.Push,
+                    request_deserializer=carrara_dot_v1_dot_prediction__pb2.PushRequest.FromString,
+                    response_serializer=carrara_dot_v1_dot_prediction__pb2.PushResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class PredictionService:
             '/carrara.v1.PredictionService/ListModels',
             carrara_dot_v1_dot_prediction__pb2.ListModelsRequest.SerializeToString,
             carrara_dot_v1_dot_prediction__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Push(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/carrara.v1.PredictionService/Push',
+            carrara_dot_v1_dot_prediction__pb2.PushRequest.SerializeToString,
+            carrara_dot_v1_dot_prediction__pb2.PushResponse.FromString,
             options,
             channel_credentials,
             insecure,

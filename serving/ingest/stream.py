@@ -1,0 +1,225 @@
+"""`carrara ingest`: a Redis Stream of pushed rows, consumed by a consumer group.
+
+Each stream entry is one row for a push source: fields `source` (the push source's name;
+optional when the ingester is given one) and `row`, a JSON object of the source's columns
+(its timestamp field as int UTC microseconds, maps and lists as JSON). Rows are pushed with
+`Pusher` (serving/ingest/push.py: the newer-than-stored guard), a batch at a time:
+- an entry is acknowledged (XACK) only after its row's write; a restarted ingester first
+  takes back its own pending entries, and entries a dead ingester left pending longer than
+  `claim_idle_ms` are claimed (XAUTOCLAIM) by the others: delivery is at least once;
+- the effect is exactly once: a redelivered row has an event time no newer than the one
+  stored, so the guard skips it;
+- an entry that cannot be decoded or validated goes to the dead-letter stream
+  `<stream>:dead` with its id, the reason and its fields, and is acknowledged: the ingester
+  keeps going;
+- Redis unreachable: the ingester says so once, waits (backing off up to 5 s) and resumes;
+  nothing is acknowledged that was not written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from serving.errors import CarraraError, StoreUnavailableError, UsageError, echo
+from serving.ingest.push import Pusher, created_columns, push_schema
+
+log = logging.getLogger(__name__)
+BLOCK_MS = 250  # an XREADGROUP waits this long for entries (below the socket timeout)
+DEAD_SUFFIX = ":dead"
+MAX_BACKOFF_S = 5.0
+MAX_REASON_CHARS = 500
+
+
+@dataclass
+class IngestStats:
+    events: int = 0  # entries taken from the stream, redeliveries included
+    written: int = 0  # rows written online
+    older_than_stored: int = 0  # rows skipped by the guard (redeliveries among them)
+    dead: int = 0  # entries sent to the dead-letter stream
+    reconnects: int = 0
+
+
+@dataclass
+class StreamIngester:
+    client: Any  # redis-py client of the stream's Redis
+    pusher: Pusher
+    stream: str
+    group: str = "carrara"
+    consumer: str = "ingester-1"
+    source: str | None = None  # the push source of entries without a `source` field
+    batch: int = 500
+    claim_idle_ms: int = 30_000
+    from_start: bool = True  # a new group reads the stream from its first entry
+    stats: IngestStats = field(default_factory=IngestStats)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def dead_stream(self) -> str:
+        return self.stream + DEAD_SUFFIX
+
+    def run(self, max_events: int | None = None, idle_exit: bool = False) -> IngestStats:
+        """Consume until `stop` is set, `max_events` entries were taken, or (with
+        `idle_exit`) the stream has nothing new and nothing pending."""
+        self._create_group()
+        backoff = 0.0
+        while not self.stop.is_set():  # bounded by stop, max_events or idle_exit
+            if max_events is not None and self.stats.events >= max_events:
+                break
+            try:
+                left = None if max_events is None else max_events - self.stats.events
+                taken = self.step(self.batch if left is None else min(self.batch, left))
+                backoff = 0.0
+            except (redis.ConnectionError, redis.TimeoutError, StoreUnavailableError) as exc:
+                backoff = min(MAX_BACKOFF_S, backoff * 2 or 0.1)
+                if backoff == 0.1:
+                    log.warning("ingest %s: Redis unavailable (%s); retrying", self.stream, exc)
+                self.stats.reconnects += 1
+                self.stop.wait(backoff)
+                continue
+            if not taken and idle_exit:
+                break
+        return self.stats
+
+    def step(self, count: int) -> int:
+        """One batch: this consumer's pending entries first, then those others left pending
+        too long, then new ones. Returns how many entries it handled."""
+        entries = self._read(count, "0")  # ours, delivered before and never acknowledged
+        if not entries:
+            entries = self._claimed(count)
+        if not entries:
+            entries = self._read(count, ">", block_ms=BLOCK_MS)
+        if entries:
+            self._handle(entries)
+        return len(entries)
+
+    def _create_group(self) -> None:
+        try:
+            self.client.xgroup_create(
+                self.stream, self.group, id="0" if self.from_start else "$", mkstream=True
+            )
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def _read(self, count: int, start: str, block_ms: int | None = None) -> list[Any]:
+        reply = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
+        )
+        return [e for _, entries in reply or [] for e in entries if e[1] is not None]
+
+    def _claimed(self, count: int) -> list[Any]:
+        reply = self.client.xautoclaim(
+            self.stream, self.group, self.consumer, self.claim_idle_ms, "0-0", count=count
+        )
+        return [e for e in reply[1] if e[1] is not None]
+
+    def _handle(self, entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> None:
+        self.stats.events += len(entries)
+        rows: dict[str, list[_Entry]] = {}
+        dead: list[tuple[_Entry, str]] = []
+        for entry_id, fields in entries:
+            try:
+                source, row = self._decode(fields)
+                rows.setdefault(source, []).append(_Entry(entry_id, fields, row))
+            except ValueError as exc:
+                dead.append((_Entry(entry_id, fields, {}), str(exc)))
+        for source, items in rows.items():
+            dead += self._push(source, items)
+        self._bury(dead)
+        self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
+
+    def _decode(self, fields: Mapping[bytes, bytes]) -> tuple[str, dict[str, Any]]:
+        raw_source = fields.get(b"source")
+        source = raw_source.decode("utf-8", "replace") if raw_source else self.source
+        if not source:
+            raise ValueError("the entry names no push source (field `source`)")
+        raw = fields.get(b"row")
+        if raw is None:
+            raise ValueError("the entry has no `row` field")
+        try:
+            row = json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"`row` is not JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"`row` is a JSON {type(row).__name__}, not an object")
+        return source, row
+
+    def _push(self, source: str, items: list[_Entry]) -> list[tuple[_Entry, str]]:
+        """Push a source's rows as one batch; when the batch is refused, halves of it, so
+        that only the bad rows go to the dead-letter stream (the guard makes the rows a
+        refused batch shares with a later one harmless to write again)."""
+        try:
+            self._push_rows(source, [item.row for item in items])
+            return []
+        except StoreUnavailableError:
+            raise
+        except CarraraError as exc:
+            if len(items) == 1:
+                return [(items[0], str(exc))]
+        half = len(items) // 2
+        return self._push(source, items[:half]) + self._push(source, items[half:])
+
+    def _push_rows(self, source: str, rows: list[dict[str, Any]]) -> None:
+        plan = self.pusher.plan
+        try:
+            schema = push_schema(plan, source)
+            optional = created_columns(plan, source)
+        except CarraraError as exc:
+            raise _RefusedError(str(exc)) from None
+        known = {c.name for c in [*schema, *optional]}
+        extra = sorted({k for row in rows for k in row} - known)
+        if extra:
+            raise _RefusedError(f"{echo(extra[0])} is not a column of push source {source!r}")
+        given = [c for c in optional if any(c.name in row for row in rows)]
+        columns = {c.name: [row.get(c.name) for row in rows] for c in [*schema, *given]}
+        result = self.pusher.push(source, columns)
+        self.stats.written += result.rows_written
+        self.stats.older_than_stored += result.rows_older_than_stored
+
+    def _bury(self, dead: Sequence[tuple[_Entry, str]]) -> None:
+        """Each entry, its id and the reason, to the dead-letter stream (before the XACK)."""
+        for entry, reason in dead:
+            self.stats.dead += 1
+            record = {b"id": entry.entry_id, b"reason": reason[:MAX_REASON_CHARS].encode()}
+            record.update({b"field:" + k: v for k, v in entry.fields.items()})
+            self.client.xadd(self.dead_stream, record)
+        if dead:
+            log.warning(
+                "ingest %s: %d entries to %s (first: %s)",
+                self.stream, len(dead), self.dead_stream, dead[0][1][:200],
+            )  # fmt: skip
+
+
+class _RefusedError(CarraraError):
+    """An entry's row that does not fit its push source."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    entry_id: bytes
+    fields: Mapping[bytes, bytes]
+    row: dict[str, Any]
+
+
+def ingest(repo: Path, stream: str, redis_url: str | None = None, **options: Any) -> StreamIngester:
+    """An ingester for `stream` on the repo's online store (its Redis holds the stream)."""
+    from serving.repo.compile import ensure_plan
+    from serving.store.connection import RedisConnection
+    from serving.store.online_store import OnlineStore
+    from serving.store.settings import redis_settings
+
+    plan = ensure_plan(repo)
+    store = OnlineStore(redis_settings(repo, redis_url), plan.project)
+    if not isinstance(store.connection, RedisConnection):
+        store.close()
+        raise UsageError("carrara ingest reads streams from one Redis server, not a cluster")
+    client = store.connection.client()
+    return StreamIngester(client, Pusher(plan, repo, store), stream, **options)

@@ -1,0 +1,171 @@
+"""`carrara ingest`: a Redis Stream of push-source rows, through a consumer group, on a real
+redis-server: at-least-once delivery with an exactly-once effect, dead letters with reasons."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from serving.cli import main
+from serving.ingest.stream import StreamIngester, ingest
+from serving.repo.compile import apply_repo
+from serving.store import codec
+from serving.store.redis_process import RedisProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+STREAM = "zone_events"
+NOW_US = int(datetime.now(UTC).timestamp()) * 1_000_000
+DEFINITIONS = """
+from datetime import timedelta
+
+from feast import Entity, FeatureView, Field, FileSource, PushSource
+from feast.types import Float64, Int64
+from feast.value_type import ValueType
+
+zone = Entity(name="zone", join_keys=["zone_id"], value_type=ValueType.INT64)
+supply = PushSource(
+    name="supply",
+    batch_source=FileSource(path="data/supply.parquet", timestamp_field="event_timestamp"),
+)
+zone_supply = FeatureView(
+    name="zone_supply",
+    entities=[zone],
+    ttl=timedelta(days=1),
+    schema=[Field(name="drivers", dtype=Int64), Field(name="ratio", dtype=Float64)],
+    source=supply,
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess) -> Path:
+    root = tmp_path_factory.mktemp("ingest") / "repo"
+    (root / "data").mkdir(parents=True)
+    (root / "ingest_definitions.py").write_text(DEFINITIONS)
+    (root / "feature_store.yaml").write_text(
+        "project: ingest\nregistry: data/registry.db\nprovider: local\n"
+        f'online_store:\n    type: redis\n    connection_string: "127.0.0.1:{redis_server.port}"\n'
+    )
+    empty = {
+        "zone_id": pa.array([], pa.int64()),
+        "drivers": pa.array([], pa.int64()),
+        "ratio": pa.array([], pa.float64()),
+        "event_timestamp": pa.array([], pa.timestamp("us", "UTC")),
+    }
+    pq.write_table(pa.table(empty), root / "data" / "supply.parquet")
+    apply_repo(root)
+    return root
+
+
+@pytest.fixture
+def client(redis_server: RedisProcess) -> Any:
+    found = redis.Redis.from_url(redis_server.url)
+    found.flushall()
+    return found
+
+
+def event(zone: int, drivers: int, seconds_ago: int, **extra: Any) -> dict[bytes, bytes]:
+    row = {"zone_id": zone, "drivers": drivers, "ratio": drivers / 10}
+    row["event_timestamp"] = NOW_US - seconds_ago * 1_000_000
+    return {b"source": b"supply", b"row": json.dumps({**row, **extra}).encode()}
+
+
+def stored(client: Any, zone: int) -> tuple[int | None, int | None]:
+    key = codec.encode_entity_key(["zone_id"], ["Int64"], [zone], "ingest")
+    drivers = client.hget(key, codec.field_name("zone_supply", "drivers"))
+    ts = client.hget(key, codec.ts_field("zone_supply"))
+    return codec.decode_value(drivers), codec.decode_timestamp_micros(ts)  # type: ignore[return-value]
+
+
+def ingester(repo: Path, url: str, consumer: str = "a", **options: Any) -> StreamIngester:
+    return ingest(repo, STREAM, url, consumer=consumer, **options)
+
+
+def hashes(client: Any) -> dict[bytes, dict[bytes, bytes]]:
+    """The feature hashes (not the stream) of the Redis."""
+    return {key: client.hgetall(key) for key in client.scan_iter(_type="hash")}
+
+
+def pending(client: Any) -> int:
+    return int(client.xpending(STREAM, "carrara")["pending"])
+
+
+def test_rows_are_written_acknowledged_and_bad_entries_dead_lettered(
+    repo: Path, redis_server: RedisProcess, client: Any
+) -> None:
+    client.xadd(STREAM, event(1, 5, 60))
+    client.xadd(STREAM, event(1, 7, 30))  # the same zone, later: wins
+    client.xadd(STREAM, event(2, 3, 30))
+    client.xadd(STREAM, {b"source": b"supply", b"row": b"{not json"})
+    client.xadd(STREAM, event(3, 1, 30, surge=2))  # no such column
+    client.xadd(STREAM, event(4, 1, -3600))  # an hour in the future
+    client.xadd(STREAM, {b"row": b"{}"})  # no push source
+    client.xadd(STREAM, {b"source": b"nope", b"row": b"{}"})
+    stats = ingester(repo, redis_server.url).run(idle_exit=True)
+    assert (stats.events, stats.written, stats.dead) == (8, 2, 5)
+    assert stored(client, 1) == (7, NOW_US - 30_000_000)
+    assert stored(client, 2)[0] == 3
+    assert stored(client, 3) == (None, None)
+    assert pending(client) == 0  # everything acknowledged, the dead after their burial
+    dead = client.xrange(STREAM + ":dead")
+    reasons = [fields[b"reason"].decode() for _, fields in dead]
+    assert len(reasons) == 5
+    assert any("not JSON" in r for r in reasons)
+    assert any("'surge' is not a column of push source 'supply'" in r for r in reasons)
+    assert any("in the future" in r for r in reasons)
+    assert any("names no push source" in r for r in reasons)
+    assert any("no push source 'nope'" in r for r in reasons)
+    assert all(b"id" in fields and b"field:row" in fields for _, fields in dead)
+
+
+def test_a_crashed_ingester_resumes_and_a_redelivery_changes_nothing(
+    repo: Path, redis_server: RedisProcess, client: Any
+) -> None:
+    for zone in range(10):
+        client.xadd(STREAM, event(zone, zone + 1, 20))
+    client.xgroup_create(STREAM, "carrara", id="0")
+    taken = client.xreadgroup("carrara", "a", {STREAM: ">"}, count=4)  # then "crashed"
+    assert len(taken[0][1]) == 4
+    assert pending(client) == 4
+    stats = ingester(repo, redis_server.url, "a").run(idle_exit=True)
+    assert (stats.events, stats.written) == (10, 10)
+    assert pending(client) == 0
+    before = hashes(client)
+    client.xgroup_setid(STREAM, "carrara", id="0")  # every entry delivered again
+    again = ingester(repo, redis_server.url, "b").run(idle_exit=True)
+    assert (again.events, again.written, again.older_than_stored) == (10, 0, 10)
+    assert hashes(client) == before
+
+
+def test_entries_a_dead_ingester_left_pending_are_claimed_by_another(
+    repo: Path, redis_server: RedisProcess, client: Any
+) -> None:
+    for zone in range(3):
+        client.xadd(STREAM, event(zone, 9, 10))
+    client.xgroup_create(STREAM, "carrara", id="0")
+    client.xreadgroup("carrara", "dead-one", {STREAM: ">"}, count=3)
+    stats = ingester(repo, redis_server.url, "b", claim_idle_ms=0).run(idle_exit=True)
+    assert (stats.events, stats.written) == (3, 3)
+    assert pending(client) == 0
+    assert [stored(client, zone)[0] for zone in range(3)] == [9, 9, 9]
+
+
+def test_the_command_ingests_and_reports(
+    repo: Path, redis_server: RedisProcess, client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.xadd(STREAM, event(8, 2, 5))
+    client.xadd(STREAM, {b"source": b"supply", b"row": b"[]"})
+    args = ["ingest", "--repo", str(repo), "--stream", STREAM, "--idle-exit"]
+    assert main([*args, "--redis-url", redis_server.url]) == 0
+    out = capsys.readouterr().out
+    assert "2 entries, 1 rows written, 0 older than stored, 1 to zone_events:dead" in out
+    assert stored(client, 8)[0] == 2
+    assert timedelta(microseconds=NOW_US - stored(client, 8)[1]) == timedelta(seconds=5)  # type: ignore[operator]
