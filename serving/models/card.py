@@ -91,6 +91,24 @@ class ScorerRecord:
 
 
 @dataclass(frozen=True)
+class FeatureDistribution:
+    """A feature's training distribution, the reference that served values are compared with
+    for drift (serving/monitoring/drift.py).
+
+    Numeric: bins between the inner quantile `edges` (ascending; bin i holds
+    edges[i-1] <= x < edges[i], the outer two bins open), so `proportions` has len(edges) + 1
+    entries. Categorical: one bin per level (its code is its index), no edges. Proportions are
+    shares of the present training values; `missing` is the share of rows where the feature
+    was missing (NaN).
+    """
+
+    kind: str  # "numeric" or "categorical"
+    edges: tuple[float, ...]
+    proportions: tuple[float, ...]
+    missing: float
+
+
+@dataclass(frozen=True)
 class ModelCard:
     name: str
     version: int
@@ -117,6 +135,9 @@ class ModelCard:
     # (model_text.py); "" for a card written before that check existed
     checked_sha256: str = ""
     scorer: ScorerRecord | None = None  # None: a card written before scorers were recorded
+    # ref -> its distribution in the training rows; None: a card written before they were
+    # recorded (drift is then not measured for it)
+    training_distributions: dict[str, FeatureDistribution] | None = None
 
     def category_codes(self, ref: str, values: Iterable[object]) -> np.ndarray:
         """Float codes for a categorical feature: level index, NaN for unknown or missing."""
@@ -245,7 +266,28 @@ def _card_from_dict(d: dict[str, Any]) -> ModelCard:
         format=int(d["format"]),
         checked_sha256=_str(d.get("checked_sha256", "")),
         scorer=None if d.get("scorer") is None else _scorer_record(d["scorer"]),
+        training_distributions=_distributions(d.get("training_distributions"), refs),
     )
+
+
+def _distributions(
+    d: Mapping[str, Any] | None, refs: tuple[str, ...]
+) -> dict[str, FeatureDistribution] | None:
+    if d is None:
+        return None
+    out = {}
+    for ref, item in d.items():
+        if ref not in refs:
+            raise ValueError(f"training_distributions names {ref!r}, which is no feature_ref")
+        kind = _str(item["kind"])
+        edges = tuple(float(e) for e in item["edges"])
+        proportions = tuple(float(p) for p in item["proportions"])
+        if kind not in ("numeric", "categorical") or (
+            kind == "numeric" and proportions and len(proportions) != len(edges) + 1
+        ):
+            raise ValueError(f"training_distributions of {ref!r} are inconsistent")
+        out[_str(ref)] = FeatureDistribution(kind, edges, proportions, float(item["missing"]))
+    return out
 
 
 def _scorer_record(d: Mapping[str, Any]) -> ScorerRecord:

@@ -2,9 +2,11 @@
 
 Runs the commands' steps in order through the library (sample data, apply, materialize, train
 pricing and eta), then starts the gRPC server in this process on a free loopback port, sends
-example pricing and ETA requests through a real channel, measures latency, and shuts
-everything down (also on Ctrl-C). Nothing is left running; the Parquet files, the plan and
-the trained models stay for you to explore (`carrara models list`).
+example pricing and ETA requests through a real channel, measures latency, watches the
+served ETA model through its prediction log (watching.py: a planted traffic change, outcomes,
+evaluate and monitor), and shuts everything down (also on Ctrl-C). Nothing is left running;
+the Parquet files, the plan, the trained models and the prediction log stay for you to
+explore (`carrara models list`, `carrara monitor --model eta --log feature_repo/data/...`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from serving.client import Column, PredictionClient
 from serving.models.registry import ModelRegistry
 from serving.online.server import Server, ServerSettings
 from serving.pb.carrara.v1 import prediction_pb2 as pb
+from serving.sample.watching import watch
 from serving.store.redis_process import private_redis
 
 LATENCY_CALLS = 300
@@ -54,6 +57,8 @@ def run_demo(settings: DemoSettings) -> int:
                 port=0,
                 threads=4,
                 redis_url=redis_server.url,
+                prediction_log=settings.repo / "data" / "prediction-log",
+                drift_window_rows=10_000,
             )
         )
         port = server.start()
@@ -62,6 +67,7 @@ def run_demo(settings: DemoSettings) -> int:
             with PredictionClient(f"127.0.0.1:{port}") as client:
                 _example_requests(client, settings.repo, ModelRegistry(settings.registry))
                 _latency_table(client, settings.repo)
+            watch(server, settings.repo, redis_server.url)  # watching.py: log, drift, accuracy
         finally:
             server.stop()
     step("server and redis-server stopped; nothing left running")

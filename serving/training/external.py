@@ -21,6 +21,7 @@ from serving.errors import CarraraError, DataError, UsageError, echo
 from serving.models.card import CATEGORICAL_DTYPES, HoldoutMetrics, ModelCard, model_inputs
 from serving.models.model_text import check_parses
 from serving.models.registry import ModelRegistry, Registration
+from serving.monitoring.drift import training_distributions
 from serving.repo.plan import ServingPlan
 from serving.training.train import feature_matrix, library_versions, metrics
 from serving.training.training_set import join_features, load_labels
@@ -78,7 +79,10 @@ def register_external(
         created_at=datetime.now(UTC),
     )
     if model.holdout is not None and model.label is not None:
-        card = replace(card, metrics=_holdout(repo, plan, card, booster, model.holdout))
+        holdout_metrics, x = _holdout(repo, plan, card, booster, model.holdout)
+        # the training rows are not here: the holdout's stand in as drift's reference
+        distributions = training_distributions(x, refs, levels)
+        card = replace(card, metrics=holdout_metrics, training_distributions=distributions)
     registration = registry.register(text, card)
     return registration, registry.card(f"{registration.name}:{registration.version}")
 
@@ -144,7 +148,8 @@ def _levels(path: Path | None, needed: set[str]) -> dict[str, tuple[str, ...]]:
 
 def _holdout(
     repo: Path, plan: ServingPlan, card: ModelCard, booster: object, path: Path
-) -> HoldoutMetrics:
+) -> tuple[HoldoutMetrics, np.ndarray]:
+    """The model's error on the holdout table, and its feature matrix."""
     labels = load_labels(plan, card.feature_service, path, card.label, (None, None))
     data = join_features(repo, plan, labels)
     data = replace(data, feature_refs=card.feature_refs)  # the model's order, not the service's
@@ -153,4 +158,4 @@ def _holdout(
     if not len(truth):
         raise DataError(f"holdout table {path} has no rows")
     predicted = np.asarray(booster.predict(x), dtype=np.float64)  # type: ignore[attr-defined]
-    return HoldoutMetrics(rows=len(truth), model=metrics(truth, predicted), baselines={})
+    return HoldoutMetrics(rows=len(truth), model=metrics(truth, predicted), baselines={}), x

@@ -40,6 +40,7 @@ from serving.models.card import (
     category_codes,
 )
 from serving.models.registry import ModelRegistry, Registration
+from serving.monitoring.drift import training_distributions
 from serving.progress import Progress
 from serving.repo.historical import TIMESTAMP
 from serving.repo.model_kinds import ModelKind
@@ -146,6 +147,8 @@ def fit_and_describe(spec: ModelKind, data: TrainingSet, seed: int) -> tuple[Mod
         library_versions=library_versions(),
         git_revision=None,
         created_at=datetime.now(UTC),
+        # the reference for drift: what the model learnt from (serving/monitoring/drift.py)
+        training_distributions=training_distributions(x[train_idx], data.feature_refs, levels),
     )
     return card, booster.model_to_string(num_iteration=booster.best_iteration)
 
