@@ -28,7 +28,20 @@ def add(commands: Subparsers) -> None:
     show.add_argument("ref", metavar="NAME[:VERSION|@ALIAS]")
     promote = actions.add_parser("promote", help="point an alias at a version")
     promote.add_argument("ref", metavar="NAME:VERSION")
-    promote.add_argument("--alias", required=True, help="production or staging")
+    promote.add_argument(
+        "--alias",
+        required=True,
+        help="production, staging, canary (answers --share of production's traffic) or shadow "
+        "(scored beside production, never answers)",
+    )
+    promote.add_argument(
+        "--share", type=float, default=None, help="canary/shadow: the part of traffic (0-1)"
+    )
+    promote.add_argument(
+        "--sticky-key",
+        default=None,
+        help="canary: the entity key that picks the version (one entity, one version)",
+    )
     rollback = actions.add_parser("rollback", help="point an alias back at its previous version")
     rollback.add_argument("name", metavar="NAME")
     rollback.add_argument("--alias", required=True, help="production or staging")
@@ -60,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "show":
         return _show(registry, args.ref)
     if args.action == "promote":
-        return _promote(registry, args.ref, args.alias)
+        return _promote(registry, args)
     if args.action == "register":
         return _register(registry, args)
     change = registry.rollback(args.name, args.alias)
@@ -143,13 +156,18 @@ def _register(registry: ModelRegistry, args: argparse.Namespace) -> int:
     return 0
 
 
-def _promote(registry: ModelRegistry, ref: str, alias: str) -> int:
+def _promote(registry: ModelRegistry, args: argparse.Namespace) -> int:
     from serving.errors import UsageError
 
-    name, sep, version = ref.partition(":")
+    name, sep, version = args.ref.partition(":")
     if not sep or not version.isdigit():
-        raise UsageError(f"promote takes NAME:VERSION, not {ref!r}")
-    change = registry.promote(name, int(version), alias)
+        raise UsageError(f"promote takes NAME:VERSION, not {args.ref!r}")
+    change = registry.promote(name, int(version), args.alias, args.share, args.sticky_key)
     before = f"version {change.before}" if change.before is not None else "nothing"
     print(f"promoted {change.name}:{change.after} to {change.alias} (was {before})")
+    traffic = registry.traffic(name).get(change.alias)
+    if traffic is not None:
+        sticky = f", sticky by {traffic.key}" if traffic.key else ""
+        role = "answers" if change.alias == "canary" else "scores in the shadow of"
+        print(f"{change.alias} {role} {traffic.share:.0%} of {name}'s production traffic{sticky}")
     return 0

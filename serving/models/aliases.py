@@ -16,7 +16,7 @@ import contextlib
 import fcntl
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,26 @@ ALIAS_FORMAT = 1
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """What a traffic alias does with requests for the model's production alias: `share` of
+    them (0-1), chosen by a hash of the entity key `key` (a canary: one entity, one version),
+    or by request when `key` is None."""
+
+    share: float
+    key: str | None = None
+
+
+TRAFFIC_ALIASES = ("canary", "shadow")  # a canary answers its share; a shadow only scores
+
+
+@dataclass(frozen=True)
 class AliasState:
-    """alias -> versions it has pointed to, oldest first (the last is current)."""
+    """alias -> versions it has pointed to, oldest first (the last is current); the traffic
+    settings of the canary and shadow aliases."""
 
     history: dict[str, tuple[int, ...]]
     events: tuple[dict[str, Any], ...] = ()
+    traffic: dict[str, Traffic] = field(default_factory=dict)
 
     @property
     def current(self) -> dict[str, int]:
@@ -58,9 +73,19 @@ def read_aliases(model_dir: Path) -> AliasState:
             for alias, versions in data["aliases"].items()
         }
         events = tuple(dict(e) for e in data["events"])
+        traffic = {
+            str(alias): Traffic(_share(t["share"]), None if t.get("key") is None else str(t["key"]))
+            for alias, t in data.get("traffic", {}).items()
+        }
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelError(f"{path} is malformed: {exc}") from exc
-    return AliasState(history=history, events=events)
+    return AliasState(history=history, events=events, traffic=traffic)
+
+
+def _share(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"a traffic share is a number from 0 to 1, not {value!r}")
+    return float(value)
 
 
 def _version(value: object) -> int:
@@ -83,6 +108,7 @@ def write_aliases(model_dir: Path, state: AliasState) -> None:
         "format": ALIAS_FORMAT,
         "aliases": {alias: list(versions) for alias, versions in sorted(state.history.items())},
         "events": list(state.events),
+        "traffic": {a: {"share": t.share, "key": t.key} for a, t in sorted(state.traffic.items())},
     }
     write_atomic(model_dir / ALIASES_FILE, json.dumps(data, indent=1))
 
@@ -96,6 +122,18 @@ def pushed(state: AliasState, alias: str, version: int, action: str) -> AliasSta
     return AliasState(
         history={**state.history, alias: (*versions, version)},
         events=(*state.events, event),
+        traffic=state.traffic,
+    )
+
+
+def with_traffic(state: AliasState, alias: str, traffic: Traffic) -> AliasState:
+    """`state` with `alias`'s traffic settings replaced (an event records the change)."""
+    event = {**_event("traffic", alias, None, 0), "share": traffic.share, "key": traffic.key}
+    del event["from"], event["to"]
+    return AliasState(
+        history=state.history,
+        events=(*state.events, event),
+        traffic={**state.traffic, alias: traffic},
     )
 
 
@@ -106,6 +144,7 @@ def popped(state: AliasState, alias: str) -> AliasState:
     return AliasState(
         history={**state.history, alias: versions[:-1]},
         events=(*state.events, event),
+        traffic=state.traffic,
     )
 
 

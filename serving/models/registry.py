@@ -36,7 +36,17 @@ from serving.errors import (
     echo,
 )
 from serving.files import fsync_dir, write_synced
-from serving.models.aliases import AliasState, locked, popped, pushed, read_aliases, write_aliases
+from serving.models.aliases import (
+    TRAFFIC_ALIASES,
+    AliasState,
+    Traffic,
+    locked,
+    popped,
+    pushed,
+    read_aliases,
+    with_traffic,
+    write_aliases,
+)
 from serving.models.card import ModelCard, model_inputs, read_card
 from serving.models.model_text import check_parses
 from serving.repo.plan import ServingPlan
@@ -46,7 +56,7 @@ if TYPE_CHECKING:
 
 MODEL_FILE = "model.txt"
 CARD_FILE = "model.json"
-ALIASES = ("production", "staging")
+ALIASES = ("production", "staging", *TRAFFIC_ALIASES)
 DEFAULT_ALIAS = "production"
 NAME_RE = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 VERSION_RE = re.compile(r"[1-9][0-9]{0,8}")
@@ -248,19 +258,40 @@ class ModelRegistry:
             return version
         raise ModelError(f"could not allocate a version of {card.name!r} in {model_dir}")
 
-    def promote(self, name: str, version: int, alias: str) -> AliasChange:
-        """Point `alias` at `version`, which must exist and be intact."""
+    def promote(
+        self,
+        name: str,
+        version: int,
+        alias: str,
+        share: float | None = None,
+        key: str | None = None,
+    ) -> AliasChange:
+        """Point `alias` at `version`, which must exist and be intact. A traffic alias takes
+        its share of the production alias's requests (a canary: `share` required, sticky by
+        the entity key `key`; a shadow: `share` 1 by default)."""
         if alias not in ALIASES:
             raise UsageError(f"alias must be one of {', '.join(ALIASES)}, not {alias!r}")
         if version not in self.versions(name):
             raise NotFoundError(f"model {name!r} has no version {version}")
-        self._checked(name, version)
+        card, _ = self._checked(name, version)
+        traffic = _traffic(alias, share, key, card)
         model_dir = self._model_dir(name)
         with locked(model_dir):
             state = read_aliases(model_dir)
             before = state.current.get(alias)
-            write_aliases(model_dir, pushed(state, alias, version, "promote"))
+            state = pushed(state, alias, version, "promote")
+            if traffic is not None and traffic != state.traffic.get(alias):
+                state = with_traffic(state, alias, traffic)
+            write_aliases(model_dir, state)
         return AliasChange(name, alias, before, version)
+
+    def traffic(self, name: str) -> dict[str, Traffic]:
+        """The traffic settings of the model's canary and shadow aliases."""
+        return read_aliases(self._model_dir(name)).traffic
+
+    def traffic_state(self) -> dict[str, dict[str, Traffic]]:
+        """model -> traffic alias -> settings, polled with `alias_state`."""
+        return {name: self.traffic(name) for name in self.names()}
 
     def rollback(self, name: str, alias: str) -> AliasChange:
         """Point `alias` back at the version it had before its last change."""
@@ -341,3 +372,22 @@ def check_against_plan(card: ModelCard, plan: ServingPlan) -> None:
             f"(entities {[c.name for c in entities]}, request fields "
             f"{[c.name for c in requests]}); retrain the model"
         )
+
+
+def _traffic(alias: str, share: float | None, key: str | None, card: ModelCard) -> Traffic | None:
+    """The traffic settings a promotion asks for, checked (UsageError naming the flag)."""
+    if alias not in TRAFFIC_ALIASES:
+        if share is not None or key is not None:
+            raise UsageError(f"--share and --sticky-key are for {' and '.join(TRAFFIC_ALIASES)}")
+        return None
+    if share is None and alias == "canary":
+        raise UsageError("a canary needs --share, the part of the traffic it answers (0-1)")
+    share = 1.0 if share is None else share
+    if not 0 <= share <= 1:
+        raise UsageError(f"--share must be from 0 to 1, not {share:g}")
+    if key is not None and key not in {c.name for c in card.entities}:
+        known = ", ".join(c.name for c in card.entities) or "none"
+        raise UsageError(f"--sticky-key {key!r} is no entity key of {card.name} (keys: {known})")
+    if key is not None and alias == "shadow":
+        raise UsageError("--sticky-key is for a canary: a shadow scores without answering")
+    return Traffic(share, key)
