@@ -13,6 +13,8 @@ from serving.cli.arguments import (
     repo_option,
 )
 
+DRIFT_WINDOW_ROWS = 10_000  # with a prediction log: ~1 minute of traffic at 200 calls/s
+
 
 def add(commands: Subparsers) -> None:
     p = commands.add_parser("serve", help="serve predictions and online features over gRPC")
@@ -68,6 +70,45 @@ def add(commands: Subparsers) -> None:
         action="store_false",
         help="do not serve gRPC server reflection",
     )
+    p.add_argument(
+        "--feature-cache-entries",
+        type=count,
+        default=0,
+        metavar="N",
+        help="cache up to N Redis keys in process, kept coherent by Redis's invalidations "
+        "(CLIENT TRACKING); 0 = off (default)",
+    )
+    watch = p.add_argument_group("watching what is served")
+    watch.add_argument(
+        "--prediction-log",
+        type=Path,
+        metavar="DIR",
+        help="log every scored row to hourly Parquet files under DIR "
+        "(DIR/model=M/date=D/hour=H/part-*.parquet); written off the request path",
+    )
+    watch.add_argument(
+        "--log-sample-rate",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="share of Predict calls logged (and fed to drift), above 0 and at most 1 "
+        "(default: %(default)s)",
+    )
+    watch.add_argument(
+        "--log-retention-hours",
+        type=float,
+        default=None,
+        metavar="H",
+        help="delete the log's hour partitions older than H hours (default: keep all)",
+    )
+    watch.add_argument(
+        "--drift-window",
+        type=count,
+        default=None,
+        metavar="ROWS",
+        help="served rows per model version kept for the PSI gauges on /metrics; 0 = off "
+        f"(default: {DRIFT_WINDOW_ROWS:,} with --prediction-log, else off)",
+    )
     degraded = p.add_argument_group("when the online store is down or slow")
     degraded.add_argument(
         "--score-without-store",
@@ -118,7 +159,22 @@ def run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         score_without_store=frozenset(args.score_without_store),
         store_budget_ms=args.store_budget_ms,
+        feature_cache_entries=args.feature_cache_entries,
+        prediction_log=args.prediction_log,
+        log_sample_rate=args.log_sample_rate,
+        log_retention_hours=args.log_retention_hours,
+        drift_window_rows=DRIFT_WINDOW_ROWS
+        if args.drift_window is None and args.prediction_log is not None
+        else args.drift_window or 0,
     )
+    if not 0 < args.log_sample_rate <= 1:
+        raise UsageError("--log-sample-rate must be above 0 and at most 1")
+    if args.log_retention_hours is not None and args.log_retention_hours <= 0:
+        raise UsageError("--log-retention-hours must be above 0")
+    if args.prediction_log is not None:
+        from serving.monitoring.parquet_log import check_writable
+
+        check_writable(args.prediction_log)  # one line now, not one per server process
     if args.store_budget_ms is not None and not (0 < args.store_budget_ms <= 60_000):
         raise UsageError("--store-budget-ms must be above 0 and at most 60000")
     check_security(settings)  # a bad file is one line now, not one per server process

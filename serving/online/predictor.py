@@ -12,17 +12,28 @@ per (service, refs), and what ListModels reports.
 from __future__ import annotations
 
 import logging
+import random
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from serving.errors import ModelError, NotFoundError, PlanError
 from serving.inference.served_model import ServedModel, StoreFallback, build_served_model
+from serving.ingest.push import Pusher
+from serving.models.aliases import Traffic
 from serving.models.registry import DEFAULT_ALIAS, ModelRegistry
 from serving.online.feature_lookup import FeatureLookup, build_lookup
 from serving.online.metrics import ServerMetrics
-from serving.repo.plan import Column, FeatureViewPlan, RepoFiles, ServingPlan, load_plan
+from serving.repo.plan import (
+    Column,
+    ColumnValues,
+    FeatureViewPlan,
+    RepoFiles,
+    ServingPlan,
+    load_plan,
+)
 from serving.store.online_store import OnlineStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +77,7 @@ class Predictor:
         self._broken: dict[tuple[str, int], ModelError] = {}  # until the plan changes
         self._by_pinned_ref: dict[str, ServedModel] = {}  # "eta:3" refs served so far
         self._aliases: dict[str, dict[str, int]] = {}
+        self._traffic: dict[str, dict[str, Traffic]] = {}  # model -> canary/shadow settings
         self._lookups: dict[tuple[str, tuple[str, ...]], FeatureLookup] = {}
         self._lock = threading.Lock()  # serialises loads; reads never take it
         self._plan_stamp = _stamp(plan.path)
@@ -80,6 +92,40 @@ class Predictor:
             if ref == f"{name}:{version}" and len(self._by_pinned_ref) < MAX_PINNED:
                 self._by_pinned_ref[ref] = plan  # a version never changes: no disk next time
             return plan
+
+    def route(self, ref: str, model: ServedModel, entities: ColumnValues) -> Route:
+        """Who answers a call of `ref` (resolved to `model`) and who scores in its shadow.
+
+        Only the production alias is routed: "eta" or "eta@production". A canary answers its
+        share of the calls, chosen by a hash of the first row's sticky key (one entity, one
+        version; by call when it has none); a shadow scores its share on the answering
+        version's vector. A canary or shadow whose inputs differ is not routed to (logged
+        when the aliases are loaded)."""
+        if ":" in ref:  # a pinned version: no alias routed it
+            return Route(model, "", "primary")
+        name, _, alias = ref.partition("@")
+        if alias not in ("", DEFAULT_ALIAS):
+            return Route(model, alias, "primary")
+        traffic = self._traffic.get(name)
+        if not traffic:
+            return Route(model, DEFAULT_ALIAS, "primary")
+        answering, alias, role = model, DEFAULT_ALIAS, "primary"
+        canary = self._by_ref.get(f"{name}@canary")
+        settings = traffic.get("canary")
+        if (
+            canary
+            and settings
+            and _same_inputs(canary, model)
+            and _chosen(name, settings, entities)
+        ):
+            answering, alias, role = canary, "canary", "canary"
+        shadow = self._by_ref.get(f"{name}@shadow")
+        settings = traffic.get("shadow")
+        if shadow is None or settings is None or shadow is answering:
+            return Route(answering, alias, role)
+        if shadow.feature_names != answering.feature_names or random.random() >= settings.share:
+            return Route(answering, alias, role)
+        return Route(answering, alias, role, shadow)
 
     def metric_label(self, name: str) -> str:
         """`name` if it is a served model or a feature service, else "other" (bounded labels)."""
@@ -124,6 +170,10 @@ class Predictor:
         names = {p.view for p in projections if p.view in self.plan.feature_views}
         return [self.plan.feature_views[name] for name in sorted(names)]
 
+    def pusher(self) -> Pusher:
+        """Pushes against the current plan and this server's online store."""
+        return Pusher(self.plan, self._repo, self._store)
+
     def lookup(self, feature_service: str | None, refs: Sequence[str]) -> FeatureLookup:
         key = (feature_service or "", tuple(refs))
         found = self._lookups.get(key)
@@ -140,7 +190,9 @@ class Predictor:
         """Load every aliased version; a broken one is logged and skipped."""
         with self._lock:
             self._aliases = self._registry.alias_state()
+            self._traffic = self._registry.traffic_state()
             self._by_ref = self._refs(self._aliases, previous={})
+            self._check_traffic()
 
     def reload(self) -> bool:
         """Pick up a new serving plan or alias changes; True if anything changed.
@@ -149,11 +201,12 @@ class Predictor:
         """
         try:
             state = self._registry.alias_state()
+            traffic = self._registry.traffic_state()
         except ModelError as exc:  # e.g. a hand-edited aliases.json: keep serving what we have
             log.error("registry unreadable, models unchanged: %s", exc)
             return False
         new_plan = self._changed_plan()
-        if new_plan is None and state == self._aliases:
+        if new_plan is None and state == self._aliases and traffic == self._traffic:
             return False
         with self._lock:
             if new_plan is not None:
@@ -164,8 +217,27 @@ class Predictor:
                 self._lookups = {}
             self._by_ref = self._refs(state, previous=self._by_ref)
             self._aliases = state
+            self._traffic = traffic
+            self._check_traffic()
         log.info("models reloaded: %s", state)
         return True
+
+    def _check_traffic(self) -> None:
+        """Say which canary or shadow aliases cannot take traffic, and why (once per load)."""
+        for name, traffic in self._traffic.items():
+            production = self._by_ref.get(name)
+            for alias in traffic:
+                routed = self._by_ref.get(f"{name}@{alias}")
+                if production is None or routed is None:
+                    continue
+                if alias == "canary" and not _same_inputs(routed, production):
+                    log.error("%s@canary takes other inputs than %s: not routed to", name, name)
+                if alias == "shadow" and routed.feature_names != production.feature_names:
+                    log.error(
+                        "%s@shadow (version %s) reads other features than %s: a shadow is "
+                        "scored on the answering version's vector, so it is not scored",
+                        *(name, routed.version, name),
+                    )
 
     def _changed_plan(self) -> ServingPlan | None:
         """The repo's plan when `carrara apply` changed its definitions since we read it.
@@ -248,3 +320,28 @@ class ModelInfo:
     feature_service: str
     entities: tuple[Column, ...]
     request_fields: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """The version that answers a call, the alias and role it answers in, and the version
+    scored in its shadow (None: none)."""
+
+    model: ServedModel
+    alias: str  # "production", "canary", "staging", ...; "" for a pinned "name:version"
+    role: str  # "primary" or "canary"
+    shadow: ServedModel | None = None
+
+
+def _same_inputs(a: ServedModel, b: ServedModel) -> bool:
+    return (a.entities, a.request_fields) == (b.entities, b.request_fields)
+
+
+def _chosen(name: str, traffic: Traffic, entities: ColumnValues) -> bool:
+    """Whether this call goes to the canary: by the sticky key's hash (stable across
+    processes and restarts), else by chance."""
+    if traffic.key is None or not entities.get(traffic.key):
+        return random.random() < traffic.share
+    value = entities[traffic.key][0]
+    bucket = zlib.crc32(f"{name}\0{value}".encode()) / 2**32
+    return bucket < traffic.share

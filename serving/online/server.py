@@ -21,6 +21,13 @@ clients must present a certificate that CA signed); bearer tokens from a file
 Certificates and the tokens file are checked before anything else is built (`check_security`),
 so a bad one is one line at start-up. The health service stays open to probes; reflection can
 be turned off, and the metrics endpoint (plain HTTP) binds its own host.
+
+Watching what is served (off by default): `prediction_log` writes a record per scored row
+(serving/monitoring/parquet_log.py) and `drift_window_rows` keeps the latest served feature
+vectors per model version for PSI gauges (drift.py); both are fed by one `PredictionTap`, a
+bounded queue the servicer hands records to and a thread of its own drains. The Parquet
+writer is the one module of the server that imports pyarrow, and only when a log is asked
+for (the exception is named in pyproject.toml's request-path contract).
 """
 
 from __future__ import annotations
@@ -37,13 +44,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.credentials import TLSFiles, load_tls
-from serving.errors import StoreUnavailableError, UsageError
+from serving.errors import CarraraError, StoreUnavailableError, UsageError
 from serving.inference.served_model import StoreFallback
+from serving.models.card import ModelCard
 from serving.models.registry import ModelRegistry
+from serving.monitoring.drift import DriftWindows
+from serving.monitoring.prediction_log import PredictionTap, RecordConsumer
 from serving.online.auth import TokenInterceptor
 from serving.online.metrics import ServerMetrics
 from serving.online.predictor import Predictor
 from serving.online.servicer import PredictionServicer, add_to_server
+from serving.online.shadow import ShadowScorer
 from serving.online.tokens import TokenTable
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.repo.plan import RepoFiles, load_plan
@@ -75,6 +86,11 @@ class ServerSettings:
     # slower than store_budget_ms (the reply says `degraded`); the others fail UNAVAILABLE
     score_without_store: frozenset[str] = frozenset()
     store_budget_ms: float | None = None
+    feature_cache_entries: int = 0  # Redis keys cached in process (feature_cache.py); 0: off
+    prediction_log: Path | None = None  # the prediction log's folder; None: no log
+    log_sample_rate: float = 1.0  # share of Predict calls logged (and fed to drift)
+    log_retention_hours: float | None = None  # hour partitions kept; None: all
+    drift_window_rows: int = 0  # served rows per model version kept for PSI; 0: no drift
 
 
 class Server:
@@ -85,7 +101,16 @@ class Server:
         self.tokens = TokenTable(settings.auth_tokens) if settings.auth_tokens else None
         plan = load_plan(RepoFiles.locate(settings.repo))  # the command compiled a stale one
         self.metrics = ServerMetrics()
-        self.store = OnlineStore(redis_settings(settings.repo, settings.redis_url), plan.project)
+        self.tap = _prediction_tap(settings, self.metrics)  # before the store: refused first
+        # shadow versions are scored only to be logged: with the log on
+        self.shadows = ShadowScorer(self.tap, self.metrics) if self.tap is not None else None
+        self.store = OnlineStore(
+            redis_settings(settings.repo, settings.redis_url),
+            plan.project,
+            feature_cache_entries=settings.feature_cache_entries,
+        )
+        if self.store.cache is not None:
+            self.metrics.watch_feature_cache(self.store.cache.stats)
         self.predictor = Predictor(
             plan,
             settings.repo,
@@ -110,7 +135,10 @@ class Server:
             options=[("grpc.so_reuseport", int(settings.reuse_port))],
         )
         add_to_server(
-            PredictionServicer(self.predictor, self.metrics, settings.max_rows), self._grpc
+            PredictionServicer(
+                self.predictor, self.metrics, settings.max_rows, self.tap, self.shadows
+            ),
+            self._grpc,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         if settings.reflection:
@@ -146,6 +174,10 @@ class Server:
                 ) from exc
         if self._check_health():
             self._report_absent_views()
+        if self.tap is not None:
+            self.tap.start()
+        if self.shadows is not None:
+            self.shadows.start()
         watchers = [(self._watch_health, "health"), (self._watch_models, "reload")]
         if self.tokens is not None:
             watchers.append((self._watch_tokens, "tokens"))
@@ -158,6 +190,10 @@ class Server:
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()
         self._grpc.stop(grace_s).wait()
+        if self.shadows is not None:
+            self.shadows.close()  # before the log: their records are logged too
+        if self.tap is not None:
+            self.tap.close()  # after the last reply: every logged record is written
         self.metrics.close()
         for thread in self._threads:
             thread.join(timeout=5)
@@ -259,3 +295,32 @@ def _fallbacks(settings: ServerSettings) -> dict[str, StoreFallback]:
         name: StoreFallback(score_without_store=True, budget_s=budget_s)
         for name in settings.score_without_store
     }
+
+
+def _prediction_tap(settings: ServerSettings, metrics: ServerMetrics) -> PredictionTap | None:
+    """The prediction log and the drift windows, fed by one tap; None when both are off."""
+    consumers: list[RecordConsumer] = []
+    if settings.prediction_log is not None:
+        # pyarrow, imported here only: see the module docstring
+        from serving.monitoring.parquet_log import LogSettings, ParquetLog
+
+        log_settings = LogSettings(settings.prediction_log, settings.log_retention_hours)
+        consumers.append(ParquetLog(log_settings, metrics.count_log_dropped))
+    if settings.drift_window_rows > 0:
+        registry = ModelRegistry(settings.registry)
+        windows = DriftWindows(
+            settings.drift_window_rows, lambda name, version: _card(registry, name, version)
+        )
+        metrics.watch_drift(windows.psi)
+        consumers.append(windows)
+    if not consumers:
+        return None
+    return PredictionTap(consumers, metrics.count_log_dropped, settings.log_sample_rate)
+
+
+def _card(registry: ModelRegistry, name: str, version: str) -> ModelCard | None:
+    try:
+        return registry.card(f"{name}:{version}")
+    except CarraraError as exc:
+        log.warning("drift of %s:%s not measured: %s", name, version, exc)
+        return None

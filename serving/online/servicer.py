@@ -3,6 +3,10 @@
 Thin by design: each handler converts the request, calls the predictor, converts back. Every
 handler runs inside `_guard`, so no RPC can leak a traceback or `str()` of an unexpected
 exception to a client: those become INTERNAL with a generic message and go to the log.
+
+With a prediction log (serving/monitoring/prediction_log.py), a sampled Predict hands its
+reply's record to the log's bounded queue after the reply is built (never waiting), under the
+caller's `x-request-id` metadata or a generated id, returned as trailing metadata.
 """
 
 from __future__ import annotations
@@ -19,22 +23,29 @@ from google.protobuf.message import DecodeError
 
 from serving.errors import (
     CarraraError,
+    DataError,
     InvalidRequestError,
     ModelError,
     NotFoundError,
     PermissionDeniedError,
+    PlanError,
     StoreUnavailableError,
     echo,
 )
+from serving.ingest.push import PushTarget, created_columns, push_schema
+from serving.models.registry import DEFAULT_ALIAS
+from serving.monitoring.prediction_log import REQUEST_ID_CHARS, PredictionRecord, PredictionTap
 from serving.online.auth import permit_model, permitted
 from serving.online.metrics import ServerMetrics
+from serving.online.shadow import ShadowScorer
 from serving.online.throttled_log import ThrottledLog
 from serving.online.wire import feature_type, feature_values, read_columns, wire_type
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from serving.online.predictor import Predictor
+    from serving.inference.served_model import Prediction
+    from serving.online.predictor import Predictor, Route
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +68,38 @@ WIRE_STATUS = np.array([pb.MISSING, pb.PRESENT, pb.STALE], dtype=np.int32)
 MAX_REDIS_TIMEOUT_S = 1.0
 MAX_DETAIL_CHARS = 1_000
 SERVICE = "carrara.v1.PredictionService"
+PUSH_MAX_ROWS = 100_000  # rows per Push: a write, larger than a prediction's batch
+PUSH_TARGETS = {
+    pb.PUSH_TARGET_UNSPECIFIED: PushTarget.ONLINE,
+    pb.ONLINE: PushTarget.ONLINE,
+    pb.OFFLINE: PushTarget.OFFLINE,
+    pb.ONLINE_AND_OFFLINE: PushTarget.ONLINE_AND_OFFLINE,
+}
 STORE_KEY = "the online store"
+REQUEST_ID_KEY = "x-request-id"  # metadata: the caller's id of a request, echoed when logged
 
 
 class PredictionServicer(pb_grpc.PredictionServiceServicer):
     # Method names are grpc's (N802).
-    def __init__(self, predictor: Predictor, metrics: ServerMetrics, max_rows: int) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        metrics: ServerMetrics,
+        max_rows: int,
+        tap: PredictionTap | None = None,  # the prediction log; None: off
+        shadows: ShadowScorer | None = None,  # shadow versions' scoring (needs the log)
+    ) -> None:
         self._predictor = predictor
         self._metrics = metrics
         self._max_rows = max_rows
+        self._tap = tap
+        self._shadows = shadows
         self._throttled = ThrottledLog(log)
 
     def Predict(
         self, request: pb.PredictRequest, context: grpc.ServicerContext
     ) -> pb.PredictResponse:
+        started = time.perf_counter()
         with self._guard(context, "Predict", request.model):
             permit_model(request.model)  # auth.py: the caller's token may call this model
             model = self._predictor.model(request.model)
@@ -84,7 +113,11 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                 raise InvalidRequestError(
                     f"request_data has {data_rows} rows but entities have {rows}"
                 )
+            route = self._predictor.route(request.model, model, entities)
+            model = route.model  # a canary answers its share (same inputs, checked)
             result = model.predict(entities, request_data, rows, _timeout_s(context))
+            if route.role == "canary" or route.alias == DEFAULT_ALIAS:
+                self._metrics.count_routed(model.name, route.role, model.version)
             response = pb.PredictResponse(
                 model=model.name,
                 model_version=model.version,
@@ -97,6 +130,10 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                 response.features.extend(
                     pb.DoubleList(values=row) for row in result.features.tolist()
                 )
+            if self._tap is not None and self._tap.sampled():
+                record = self._log(route, (entities, request_data), result, started, context)
+                if route.shadow is not None and self._shadows is not None:
+                    self._shadows.submit(route.shadow, record)  # scored after the reply
             return response
         return pb.PredictResponse()  # unreachable: _guard aborted the RPC
 
@@ -136,6 +173,30 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
             return response
         return pb.GetOnlineFeaturesResponse()
 
+    def Push(self, request: pb.PushRequest, context: grpc.ServicerContext) -> pb.PushResponse:
+        with self._guard(context, "Push", ""):  # auth.py: the token must grant `push`
+            pusher = self._predictor.pusher()
+            try:
+                schema = push_schema(pusher.plan, request.push_source)
+                created = created_columns(pusher.plan, request.push_source)
+            except PlanError as exc:
+                raise NotFoundError(str(exc)) from None
+            schema += [c for c in created if c.name in request.columns]
+            columns, _ = read_columns(
+                "columns", request.columns, schema, PUSH_MAX_ROWS, "a column of this push source"
+            )
+            try:
+                result = pusher.push(request.push_source, columns, PUSH_TARGETS[request.to])
+            except DataError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            for view, (at_us, event_us) in result.written_at_us.items():
+                self._metrics.observe_freshness(view, ((at_us - e) / 1e6 for e in event_us))
+            return pb.PushResponse(
+                rows_written=result.rows_written,
+                rows_older_than_stored=result.rows_older_than_stored,
+            )
+        return pb.PushResponse()
+
     def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.ServicerContext
     ) -> pb.ListModelsResponse:
@@ -160,6 +221,40 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
                 ]
             )
         return pb.ListModelsResponse()
+
+    def _log(
+        self,
+        route: Route,
+        inputs: tuple[dict[str, list[Any]], dict[str, list[Any]]],
+        result: Prediction,
+        started: float,
+        context: grpc.ServicerContext,
+    ) -> PredictionRecord:
+        """Hand the reply's record to the log's queue; the request id goes back as trailing
+        metadata. References only: the writer's thread turns them into rows."""
+        tap = self._tap
+        assert tap is not None  # the caller checked
+        model = route.model
+        request_id = _request_id(context) or tap.ids.new()
+        context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+        record = PredictionRecord(
+            request_id=request_id,
+            time_s=time.time(),
+            model=model.name,
+            version=model.version,
+            alias=route.alias,
+            role=route.role,
+            entities=inputs[0],
+            request_data=inputs[1],
+            feature_names=model.feature_names,
+            features=result.features,
+            predictions=result.predictions,
+            missing=result.missing_per_row,
+            degraded=result.degraded,
+            latency_ms=(time.perf_counter() - started) * 1e3,
+        )
+        tap.offer(record)
+        return record
 
     @contextmanager
     def _guard(self, context: grpc.ServicerContext, method: str, model: str) -> Iterator[None]:
@@ -204,6 +299,7 @@ def add_to_server(servicer: PredictionServicer, server: grpc.Server) -> None:
             pb.GetOnlineFeaturesResponse,
         ),
         "ListModels": (servicer.ListModels, pb.ListModelsRequest, pb.ListModelsResponse),
+        "Push": (servicer.Push, pb.PushRequest, pb.PushResponse),
     }
     handlers = {
         name: grpc.unary_unary_rpc_method_handler(
@@ -236,6 +332,14 @@ def _failure_key(code: grpc.StatusCode, method: str, label: str) -> tuple[str, b
     if code == grpc.StatusCode.FAILED_PRECONDITION:
         return f"{method} model={label}", True
     return f"{method} model={label} {code.name}", False
+
+
+def _request_id(context: grpc.ServicerContext) -> str | None:
+    """The caller's `x-request-id` metadata (cut to REQUEST_ID_CHARS), if it sent one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and value:
+            return str(value)[:REQUEST_ID_CHARS]
+    return None
 
 
 def _cut(text: str) -> str:
