@@ -8,14 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import redis
 
+from benchmarks.ingest import make_repo
 from serving.cli import main
 from serving.ingest.stream import StreamIngester, ingest
-from serving.repo.compile import apply_repo
 from serving.store import codec
 from serving.store.redis_process import RedisProcess
 
@@ -23,46 +21,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STREAM = "zone_events"
 NOW_US = int(datetime.now(UTC).timestamp()) * 1_000_000
-DEFINITIONS = """
-from datetime import timedelta
-
-from feast import Entity, FeatureView, Field, FileSource, PushSource
-from feast.types import Float64, Int64
-from feast.value_type import ValueType
-
-zone = Entity(name="zone", join_keys=["zone_id"], value_type=ValueType.INT64)
-supply = PushSource(
-    name="supply",
-    batch_source=FileSource(path="data/supply.parquet", timestamp_field="event_timestamp"),
-)
-zone_supply = FeatureView(
-    name="zone_supply",
-    entities=[zone],
-    ttl=timedelta(days=1),
-    schema=[Field(name="drivers", dtype=Int64), Field(name="ratio", dtype=Float64)],
-    source=supply,
-)
-"""
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess) -> Path:
-    root = tmp_path_factory.mktemp("ingest") / "repo"
-    (root / "data").mkdir(parents=True)
-    (root / "ingest_definitions.py").write_text(DEFINITIONS)
-    (root / "feature_store.yaml").write_text(
-        "project: ingest\nregistry: data/registry.db\nprovider: local\n"
-        f'online_store:\n    type: redis\n    connection_string: "127.0.0.1:{redis_server.port}"\n'
-    )
-    empty = {
-        "zone_id": pa.array([], pa.int64()),
-        "drivers": pa.array([], pa.int64()),
-        "ratio": pa.array([], pa.float64()),
-        "event_timestamp": pa.array([], pa.timestamp("us", "UTC")),
-    }
-    pq.write_table(pa.table(empty), root / "data" / "supply.parquet")
-    apply_repo(root)
-    return root
+    """benchmarks/ingest.py's repo: zone_supply (drivers Int64, ratio Float64) on the push
+    source `supply`."""
+    return make_repo(tmp_path_factory.mktemp("ingest"), redis_server.port)
 
 
 @pytest.fixture
@@ -79,7 +44,7 @@ def event(zone: int, drivers: int, seconds_ago: int, **extra: Any) -> dict[bytes
 
 
 def stored(client: Any, zone: int) -> tuple[int | None, int | None]:
-    key = codec.encode_entity_key(["zone_id"], ["Int64"], [zone], "ingest")
+    key = codec.encode_entity_key(["zone_id"], ["Int64"], [zone], "ingest_bench")
     drivers = client.hget(key, codec.field_name("zone_supply", "drivers"))
     ts = client.hget(key, codec.ts_field("zone_supply"))
     return codec.decode_value(drivers), codec.decode_timestamp_micros(ts)  # type: ignore[return-value]
