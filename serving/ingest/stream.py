@@ -67,13 +67,17 @@ class StreamIngester:
 
     def run(self, max_events: int | None = None, idle_exit: bool = False) -> IngestStats:
         """Consume until `stop` is set, `max_events` entries were taken, or (with
-        `idle_exit`) the stream has nothing new and nothing pending."""
-        self._create_group()
-        backoff = 0.0
+        `idle_exit`) the stream has nothing new and nothing pending. Redis going away is
+        waited out; a group that vanished with it (a restart without persistence) is made
+        again, from the stream's start: the guard makes the redelivery harmless."""
+        backoff, grouped = 0.0, False
         while not self.stop.is_set():  # bounded by stop, max_events or idle_exit
             if max_events is not None and self.stats.events >= max_events:
                 break
             try:
+                if not grouped:
+                    self._create_group()
+                    grouped = True
                 left = None if max_events is None else max_events - self.stats.events
                 taken = self.step(self.batch if left is None else min(self.batch, left))
                 backoff = 0.0
@@ -83,6 +87,12 @@ class StreamIngester:
                     log.warning("ingest %s: Redis unavailable (%s); retrying", self.stream, exc)
                 self.stats.reconnects += 1
                 self.stop.wait(backoff)
+                continue
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise IngestError(f"ingest {self.stream}: Redis refused: {exc}") from None
+                log.warning("ingest %s: group %r is gone; making it again", self.stream, self.group)
+                grouped = False
                 continue
             if not taken and idle_exit:
                 break
@@ -107,7 +117,7 @@ class StreamIngester:
             )
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise
+                raise IngestError(f"ingest {self.stream}: cannot make group: {exc}") from None
 
     def _read(self, count: int, start: str, block_ms: int | None = None) -> list[Any]:
         reply = self.client.xreadgroup(
@@ -196,6 +206,10 @@ class StreamIngester:
                 "ingest %s: %d entries to %s (first: %s)",
                 self.stream, len(dead), self.dead_stream, dead[0][1][:200],
             )  # fmt: skip
+
+
+class IngestError(CarraraError):
+    """The stream cannot be read (a key that is no stream, a refused command)."""
 
 
 class _RefusedError(CarraraError):

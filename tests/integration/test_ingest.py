@@ -134,3 +134,27 @@ def test_the_command_ingests_and_reports(
     assert "2 entries, 1 rows written, 0 older than stored, 1 to zone_events:dead" in out
     assert stored(client, 8)[0] == 2
     assert timedelta(microseconds=NOW_US - stored(client, 8)[1]) == timedelta(seconds=5)  # type: ignore[operator]
+
+
+def test_a_group_lost_with_a_restarted_redis_is_made_again_and_nothing_counts_twice(
+    repo: Path, redis_server: RedisProcess, client: Any
+) -> None:
+    for zone in range(3):
+        client.xadd(STREAM, event(zone, 4, 20))
+    ingesting = ingester(repo, redis_server.url)
+    assert ingesting.run(idle_exit=True).written == 3
+    client.xgroup_destroy(STREAM, "carrara")  # what a restart without persistence leaves
+    client.xadd(STREAM, event(7, 6, 10))
+    stats = ingesting.run(idle_exit=True)  # the same ingester: its group is gone
+    assert (stats.events, stats.written, stats.older_than_stored) == (3 + 4, 4, 3)
+    assert stored(client, 7)[0] == 6
+    assert pending(client) == 0
+
+
+def test_a_key_that_is_no_stream_is_one_line(
+    repo: Path, redis_server: RedisProcess, client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.set(STREAM, "a string")
+    args = ["ingest", "--repo", str(repo), "--stream", STREAM, "--idle-exit"]
+    assert main([*args, "--redis-url", redis_server.url]) == 1
+    assert "ingest zone_events: cannot make group" in capsys.readouterr().err
