@@ -14,11 +14,13 @@ than the allowed skew) before anything is written; an error names the column and
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,8 +198,10 @@ class Pusher:
             part = path / f"pushed-{uuid.uuid4().hex}.parquet"
             _write_table(_conform(table, schema, path), part)
         else:
-            existing = pq.read_table(path)
-            _write_table(pa.concat_tables([existing, _conform(table, existing.schema, path)]), path)
+            with _locked(path):  # read, append, replace: one pusher at a time, or rows are lost
+                existing = pq.read_table(path)
+                appended = pa.concat_tables([existing, _conform(table, existing.schema, path)])
+                _write_table(appended, path)
         log.info("push: %d rows appended to %s (view %r)", rows, path, view.name)
         return rows
 
@@ -337,6 +341,14 @@ def _conform(table: pa.Table, schema: pa.Schema | None, path: Path) -> pa.Table:
         return table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
         raise DataError(f"push: the rows do not fit the schema of {path}: {exc}") from None
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive flock on a lock file beside `path` (other processes and threads wait)."""
+    with (path.parent / f".{path.name}.lock").open("a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _write_table(table: pa.Table, path: Path) -> None:

@@ -158,3 +158,28 @@ def test_a_key_that_is_no_stream_is_one_line(
     args = ["ingest", "--repo", str(repo), "--stream", STREAM, "--idle-exit"]
     assert main([*args, "--redis-url", redis_server.url]) == 1
     assert "ingest zone_events: cannot make group" in capsys.readouterr().err
+
+
+def test_concurrent_offline_pushes_lose_no_row(repo: Path) -> None:
+    """A one-file batch source is read, appended and replaced: pushes take turns."""
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from serving.ingest.push import Pusher, PushTarget
+    from serving.repo.compile import ensure_plan
+
+    source = repo / "data" / "supply.parquet"
+    before = pq.read_table(source).num_rows
+    pusher = Pusher(ensure_plan(repo), repo, store=None)
+    rows = {"zone_id": [1] * 10, "drivers": [2] * 10, "ratio": [0.5] * 10}
+    rows["event_timestamp"] = [NOW_US - 1_000_000] * 10
+    threads = [
+        threading.Thread(target=pusher.push, args=("supply", rows, PushTarget.OFFLINE))
+        for _ in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert pq.read_table(source).num_rows == before + 80
