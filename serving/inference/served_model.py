@@ -71,6 +71,9 @@ class Prediction:
     missing_per_row: np.ndarray  # (rows,) int32: absent or stale features
     features: np.ndarray  # (rows, width) the model's input, NaN = missing
     degraded: bool = False  # scored without the online store (StoreFallback)
+    # (rows, features) reads.Status of the stored features (a read-only view; on-demand
+    # columns MISSING there: they are not read); None when scored without the store
+    status: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,8 @@ class ServedModel:
             step.fill(matrix, inputs, rows)
         if read.missing_per_row.any():
             self._count_missing(read.status[:, self.read_plan.read_columns])
-        return Prediction(self.scorer.score(matrix), read.missing_per_row, matrix)
+        status = read.status[:, : len(self.feature_names)]
+        return Prediction(self.scorer.score(matrix), read.missing_per_row, matrix, status=status)
 
     def _without_store(
         self, entities: ColumnValues, request_data: ColumnValues, rows: int

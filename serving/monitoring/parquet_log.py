@@ -8,8 +8,8 @@ One row per scored row. Columns: request_id, row (its index in the request), tim
 version, alias, role, prediction, missing_features, degraded, latency_ms; then
 `entity.<join key>` and `request.<field>` (the caller's values, typed as sent), and per model
 feature `feature.<ref>` (float64, NaN = missing; a categorical one is its level's code) and
-`status.<ref>` (PRESENT or MISSING: missing covers absent, stale and degraded reads). The
-model is the `model=` partition (a column of the same name in the files would clash with it
+`status.<ref>` (PRESENT, MISSING or STALE as the read found it; an on-demand output is
+PRESENT unless NaN). The model is the `model=` partition (a column of the same name in the files would clash with it
 when a reader applies the hive partitioning).
 
 Rows are buffered and written as a new, complete file every `flush_interval_s` or
@@ -49,7 +49,7 @@ FLUSH_INTERVAL_S = 10.0
 MAX_ROWS_PER_FILE = 50_000
 RETENTION_CHECK_INTERVAL_S = 60.0
 FAILURE_LOG_INTERVAL_S = 60.0
-STATUS_LEVELS = pa.array(["MISSING", "PRESENT"])
+STATUS_LEVELS = pa.array(["MISSING", "PRESENT", "STALE"])  # codes: serving.store.reads.Status
 
 
 @dataclass(frozen=True)
@@ -201,10 +201,21 @@ def log_table(records: Sequence[PredictionRecord]) -> pa.Table:
                 [v for r in records for v in getattr(r, section)[name]]
             )
     matrix = np.vstack([r.features for r in records])
+    codes = np.vstack([_status_codes(r) for r in records])
     for i, ref in enumerate(first.feature_names):
-        values = matrix[:, i]
-        columns[f"feature.{ref}"] = pa.array(values, pa.float64())
+        columns[f"feature.{ref}"] = pa.array(matrix[:, i], pa.float64())
         columns[f"status.{ref}"] = pa.DictionaryArray.from_arrays(
-            pa.array((~np.isnan(values)).astype(np.int8)), STATUS_LEVELS
+            pa.array(codes[:, i]), STATUS_LEVELS
         )
     return pa.table(columns)
+
+
+def _status_codes(record: PredictionRecord) -> np.ndarray:
+    """Per row and feature: the read's status; a value the read did not give (an on-demand
+    output) is PRESENT unless NaN."""
+    computed: np.ndarray = (~np.isnan(record.features)).astype(np.int8)
+    if record.status is None:
+        return computed
+    status = record.status.astype(np.int8)
+    codes: np.ndarray = np.where((status == 0) & (computed == 1), 1, status).astype(np.int8)
+    return codes

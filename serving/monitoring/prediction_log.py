@@ -54,6 +54,9 @@ class PredictionRecord:
     missing: np.ndarray  # (rows,) the reply's missing_features
     degraded: bool
     latency_ms: float  # from the request's arrival to its reply, as the server saw it
+    # (rows, features) the read's reads.Status per stored feature (MISSING 0, PRESENT 1,
+    # STALE 2); None: judged from NaN alone
+    status: np.ndarray | None = None
 
 
 class RecordConsumer(Protocol):

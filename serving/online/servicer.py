@@ -252,6 +252,7 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
             missing=result.missing_per_row,
             degraded=result.degraded,
             latency_ms=(time.perf_counter() - started) * 1e3,
+            status=result.status,
         )
         tap.offer(record)
         return record

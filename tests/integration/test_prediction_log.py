@@ -26,7 +26,7 @@ from serving.online.server import Server, ServerSettings
 from serving.pb.carrara.v1 import prediction_pb2 as pb
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 from serving.store.redis_process import RedisProcess
-from tests.helpers import RPC_TIMEOUT_S, materialize_world
+from tests.helpers import RPC_TIMEOUT_S, materialize_world, raw_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -45,6 +45,7 @@ def logging_server(
     """A server logging every Predict, with a small drift window."""
     if redis_server.process is None:
         redis_server.start()
+    raw_redis(redis_server.url).flushall()  # whatever a module before left: written anew
     materialize_world(applied_repo, redis_server.url)
     settings = ServerSettings(
         repo=applied_repo,

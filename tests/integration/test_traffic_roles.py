@@ -18,7 +18,7 @@ from serving.models.registry import ModelRegistry
 from serving.online.server import Server, ServerSettings
 from serving.pb.carrara.v1 import prediction_pb2_grpc as pb_grpc
 from serving.store.redis_process import RedisProcess
-from tests.helpers import RPC_TIMEOUT_S, materialize_world
+from tests.helpers import RPC_TIMEOUT_S, materialize_world, raw_redis
 from tests.integration.test_prediction_log import eta_request
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -43,6 +43,7 @@ def server(
 ) -> Iterator[Server]:
     if redis_server.process is None:
         redis_server.start()
+    raw_redis(redis_server.url).flushall()  # whatever a module before left: written anew
     materialize_world(applied_repo, redis_server.url)
     settings = ServerSettings(
         repo=applied_repo,

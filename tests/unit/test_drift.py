@@ -167,3 +167,16 @@ def record(features: np.ndarray) -> PredictionRecord:
         degraded=False,
         latency_ms=0.0,
     )
+
+
+def test_the_logs_status_tells_stale_from_missing_and_computed_from_absent() -> None:
+    from serving.monitoring.parquet_log import _status_codes
+    from serving.monitoring.prediction_log import PredictionRecord
+
+    features = np.array([[1.0, np.nan, np.nan, 4.0]])
+    read = np.array([[1, 0, 2, 0]], np.uint8)  # present, missing, stale, not read (computed)
+    record = PredictionRecord(
+        "r", 0.0, "m", "1", "production", "primary", {}, {}, ("a", "b", "c", "d"),
+        features, np.zeros(1), np.zeros(1), False, 1.0, read,
+    )  # fmt: skip
+    assert _status_codes(record).tolist() == [[1, 0, 2, 1]]
