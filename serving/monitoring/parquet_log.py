@@ -9,8 +9,8 @@ version, alias, role, prediction, missing_features, degraded, latency_ms; then
 `entity.<join key>` and `request.<field>` (the caller's values, typed as sent), and per model
 feature `feature.<ref>` (float64, NaN = missing; a categorical one is its level's code) and
 `status.<ref>` (PRESENT, MISSING or STALE as the read found it; an on-demand output is
-PRESENT unless NaN). The model is the `model=` partition (a column of the same name in the files would clash with it
-when a reader applies the hive partitioning).
+PRESENT unless NaN). The model is the `model=` partition (a column of the same name in
+the files would clash with it when a reader applies the hive partitioning).
 
 Rows are buffered and written as a new, complete file every `flush_interval_s` or
 `max_rows_per_file` rows, whichever comes first, through a hidden temporary name renamed
