@@ -34,6 +34,10 @@ def add(commands: Subparsers) -> None:
     )
     p.add_argument("--max-events", type=int, default=None, help="stop after this many entries")
     p.add_argument("--idle-exit", action="store_true", help="stop when nothing is new or pending")
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", help="their address (127.0.0.1)")
     redis_url_option(p)
     p.set_defaults(run=run)
 
@@ -52,6 +56,20 @@ def run(args: argparse.Namespace) -> int:
         claim_idle_ms=args.claim_idle_ms,
     )
 
+    if args.metrics_port is not None:
+        from serving.errors import UsageError
+        from serving.ingest.metrics import IngestMetrics
+
+        ingester.metrics = IngestMetrics(args.stream)
+        try:
+            port = ingester.metrics.serve(args.metrics_host, args.metrics_port)
+        except OSError as exc:
+            raise UsageError(
+                f"cannot serve metrics on {args.metrics_host}:{args.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        print(f"ingest {args.stream}: metrics on http://{args.metrics_host}:{port}/metrics")
+
     def stop(_signum: int, _frame: Any) -> None:
         ingester.stop.set()
 
@@ -62,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if ingester.pusher.store is not None:
             ingester.pusher.store.close()
+        if ingester.metrics is not None:
+            ingester.metrics.close()
     print(
         f"ingest {args.stream}: {stats.events} entries, {stats.written} rows written, "
         f"{stats.older_than_stored} older than stored, {stats.dead} to {ingester.dead_stream}"

@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from serving.errors import CarraraError, StoreUnavailableError, UsageError, echo
+from serving.ingest.metrics import IngestMetrics
 from serving.ingest.push import Pusher, created_columns, push_schema
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ class StreamIngester:
     from_start: bool = True  # a new group reads the stream from its first entry
     stats: IngestStats = field(default_factory=IngestStats)
     stop: threading.Event = field(default_factory=threading.Event)
+    metrics: IngestMetrics | None = None  # Prometheus (--metrics-port); None: none
 
     @property
     def dead_stream(self) -> str:
@@ -86,6 +88,7 @@ class StreamIngester:
                 if backoff == 0.1:
                     log.warning("ingest %s: Redis unavailable (%s); retrying", self.stream, exc)
                 self.stats.reconnects += 1
+                self._count("reconnects")
                 self.stop.wait(backoff)
                 continue
             except redis.ResponseError as exc:
@@ -133,6 +136,7 @@ class StreamIngester:
 
     def _handle(self, entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> None:
         self.stats.events += len(entries)
+        self._count("events", len(entries))
         rows: dict[str, list[_Entry]] = {}
         dead: list[tuple[_Entry, str]] = []
         for entry_id, fields in entries:
@@ -193,11 +197,21 @@ class StreamIngester:
         result = self.pusher.push(source, columns)
         self.stats.written += result.rows_written
         self.stats.older_than_stored += result.rows_older_than_stored
+        self._count("rows_written", result.rows_written)
+        self._count("rows_older_than_stored", result.rows_older_than_stored)
+        if self.metrics is not None:
+            for view, (at_us, event_us) in result.written_at_us.items():
+                self.metrics.observe_freshness(view, ((at_us - e) / 1e6 for e in event_us))
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.count(name, amount)
 
     def _bury(self, dead: Sequence[tuple[_Entry, str]]) -> None:
         """Each entry, its id and the reason, to the dead-letter stream (before the XACK)."""
         for entry, reason in dead:
             self.stats.dead += 1
+            self._count("dead_letters")
             record = {b"id": entry.entry_id, b"reason": reason[:MAX_REASON_CHARS].encode()}
             record.update({b"field:" + k: v for k, v in entry.fields.items()})
             self.client.xadd(self.dead_stream, record)

@@ -183,3 +183,37 @@ def test_concurrent_offline_pushes_lose_no_row(repo: Path) -> None:
     for thread in threads:
         thread.join(timeout=60)
     assert pq.read_table(source).num_rows == before + 80
+
+
+def test_the_ingester_counts_and_measures_freshness_per_view(
+    repo: Path, redis_server: RedisProcess, client: Any
+) -> None:
+    from serving.ingest.metrics import IngestMetrics
+
+    client.xadd(STREAM, event(1, 5, 30))
+    client.xadd(STREAM, event(2, 5, 90))
+    client.xadd(STREAM, {b"row": b"{}"})
+    ingesting = ingester(repo, redis_server.url, metrics=IngestMetrics(STREAM))
+    ingesting.run(idle_exit=True)
+    assert ingesting.metrics is not None
+    value = ingesting.metrics.registry.get_sample_value
+    labels = {"stream": STREAM}
+    assert value("carrara_ingest_events_total", labels) == 3
+    assert value("carrara_ingest_rows_written_total", labels) == 2
+    assert value("carrara_ingest_dead_letters_total", labels) == 1
+    view = {"view": "zone_supply"}
+    assert value("carrara_feature_freshness_seconds_count", view) == 2
+    age = value("carrara_feature_freshness_seconds_sum", view)
+    assert age is not None
+    assert 120 <= age < 180  # 30 s + 90 s, and the time the test took
+
+
+def test_the_command_serves_its_metrics_on_a_free_port(
+    repo: Path, redis_server: RedisProcess, client: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    client.xadd(STREAM, event(3, 1, 5))
+    args = ["ingest", "--repo", str(repo), "--stream", STREAM, "--idle-exit"]
+    assert main([*args, "--metrics-port", "0", "--redis-url", redis_server.url]) == 0
+    out = capsys.readouterr().out
+    assert f"ingest {STREAM}: metrics on http://127.0.0.1:" in out
+    assert "1 rows written" in out
