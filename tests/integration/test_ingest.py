@@ -4,6 +4,7 @@ redis-server: at-least-once delivery with an exactly-once effect, dead letters w
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ def client(redis_server: RedisProcess) -> Any:
     return found
 
 
-def event(zone: int, drivers: int, seconds_ago: int, **extra: Any) -> dict[bytes, bytes]:
+def event(
+    zone: int, drivers: int, seconds_ago: int, now_us: int = NOW_US, **extra: Any
+) -> dict[bytes, bytes]:
     row = {"zone_id": zone, "drivers": drivers, "ratio": drivers / 10}
-    row["event_timestamp"] = NOW_US - seconds_ago * 1_000_000
+    row["event_timestamp"] = now_us - seconds_ago * 1_000_000
     return {b"source": b"supply", b"row": json.dumps({**row, **extra}).encode()}
 
 
@@ -190,8 +193,9 @@ def test_the_ingester_counts_and_measures_freshness_per_view(
 ) -> None:
     from serving.ingest.metrics import IngestMetrics
 
-    client.xadd(STREAM, event(1, 5, 30))
-    client.xadd(STREAM, event(2, 5, 90))
+    now_us = int(time.time() * 1_000_000)  # not the module's: freshness is against the clock
+    client.xadd(STREAM, event(1, 5, 30, now_us))
+    client.xadd(STREAM, event(2, 5, 90, now_us))
     client.xadd(STREAM, {b"row": b"{}"})
     ingesting = ingester(repo, redis_server.url, metrics=IngestMetrics(STREAM))
     ingesting.run(idle_exit=True)
