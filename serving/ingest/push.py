@@ -20,7 +20,7 @@ import fcntl
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,15 @@ def created_columns(plan: ServingPlan, source: str) -> list[Column]:
     return [Column(name, "UnixTimestamp") for name in sorted(names)]
 
 
+def push_columns(plan: ServingPlan, source: str, given: Collection[str]) -> list[Column]:
+    """The columns a push of `given` column names carries: the push schema, and those of the
+    optional created-timestamp columns it gives."""
+    return [
+        *push_schema(plan, source),
+        *(c for c in created_columns(plan, source) if c.name in given),
+    ]
+
+
 def _source_columns(view: FeatureViewPlan) -> list[Column]:
     if view.source is None:
         raise DataError(
@@ -128,10 +137,9 @@ class Pusher:
         """Write `columns` (the push schema's, event times in UTC microseconds) to every view
         `source` feeds; all rows of all views are checked before the first write."""
         views = self.plan.push_views(source)
-        schema = push_schema(self.plan, source)
-        optional = [c for c in created_columns(self.plan, source) if c.name in columns]
-        rows = _check_columns(source, columns, [*schema, *optional])
-        _check_times(columns, [*schema, *optional], now_s, self.max_future_skew_s)
+        schema = push_columns(self.plan, source, columns)
+        rows = _check_columns(source, columns, schema)
+        _check_times(columns, schema, now_s, self.max_future_skew_s)
         prepared = [(view, *self._online_rows(view, columns, rows)) for view in views]
         written = older = appended = 0
         acknowledged: dict[str, tuple[int, Sequence[int]]] = {}
@@ -370,12 +378,12 @@ def push_file(
     from serving.store.settings import redis_settings
 
     plan = ensure_plan(repo)
-    schema = push_schema(plan, source)
+    plan.push_views(source)  # an unknown push source is named before the file is read
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    wanted = _wanted(table, [*schema, *created_columns(plan, source)])
+    wanted = _wanted(table, push_columns(plan, source, table.column_names))
     columns = {name: _file_column(table, column, path) for name, column in wanted}
     store = OnlineStore(redis_settings(repo, redis_url), plan.project) if to.online else None
     try:

@@ -30,7 +30,7 @@ import redis
 
 from serving.errors import CarraraError, StoreUnavailableError, UsageError, echo
 from serving.ingest.metrics import IngestMetrics
-from serving.ingest.push import Pusher, created_columns, push_schema
+from serving.ingest.push import Pusher, push_columns
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 250  # an XREADGROUP waits this long for entries (below the socket timeout)
@@ -182,18 +182,15 @@ class StreamIngester:
         return self._push(source, items[:half]) + self._push(source, items[half:])
 
     def _push_rows(self, source: str, rows: list[dict[str, Any]]) -> None:
-        plan = self.pusher.plan
+        names = {k for row in rows for k in row}
         try:
-            schema = push_schema(plan, source)
-            optional = created_columns(plan, source)
+            schema = push_columns(self.pusher.plan, source, names)
         except CarraraError as exc:
             raise _RefusedError(str(exc)) from None
-        known = {c.name for c in [*schema, *optional]}
-        extra = sorted({k for row in rows for k in row} - known)
+        extra = sorted(names - {c.name for c in schema})
         if extra:
             raise _RefusedError(f"{echo(extra[0])} is not a column of push source {source!r}")
-        given = [c for c in optional if any(c.name in row for row in rows)]
-        columns = {c.name: [row.get(c.name) for row in rows] for c in [*schema, *given]}
+        columns = {c.name: [row.get(c.name) for row in rows] for c in schema}
         result = self.pusher.push(source, columns)
         self.stats.written += result.rows_written
         self.stats.older_than_stored += result.rows_older_than_stored

@@ -32,7 +32,7 @@ from serving.errors import (
     StoreUnavailableError,
     echo,
 )
-from serving.ingest.push import PushTarget, created_columns, push_schema
+from serving.ingest.push import PushTarget, push_columns
 from serving.models.registry import DEFAULT_ALIAS
 from serving.monitoring.prediction_log import REQUEST_ID_CHARS, PredictionRecord, PredictionTap
 from serving.online.auth import permit_model, permitted
@@ -177,11 +177,9 @@ class PredictionServicer(pb_grpc.PredictionServiceServicer):
         with self._guard(context, "Push", ""):  # auth.py: the token must grant `push`
             pusher = self._predictor.pusher()
             try:
-                schema = push_schema(pusher.plan, request.push_source)
-                created = created_columns(pusher.plan, request.push_source)
+                schema = push_columns(pusher.plan, request.push_source, request.columns)
             except PlanError as exc:
                 raise NotFoundError(str(exc)) from None
-            schema += [c for c in created if c.name in request.columns]
             columns, _ = read_columns(
                 "columns", request.columns, schema, PUSH_MAX_ROWS, "a column of this push source"
             )
