@@ -37,6 +37,7 @@ from serving.repo.plan import (
     RepoFiles,
     ServingPlan,
     Unsupported,
+    WindowAggregation,
     load_plan,
     save_plan,
 )
@@ -88,6 +89,8 @@ def compile_plan(files: RepoFiles) -> ServingPlan:
         for view in views:
             feature_views[view.name] = _view_plan(view, view.name in no_ttl)
             unsupported += _guarded(view, "feature view", _view_unsupported)
+            if getattr(view, "aggregations", None):
+                unsupported += _guarded(view, "stream feature view", _windowed_into(feature_views))
         on_demand_views: dict[str, OnDemandViewPlan] = {}
         for odfv in on_demand:
             found = _guarded(odfv, "on-demand feature view", _odfv_unsupported)
@@ -215,6 +218,89 @@ def _view_plan(view: Any, no_ttl: bool) -> FeatureViewPlan:
     )
 
 
+AGGREGATION_FUNCTIONS = {"sum": "sum", "count": "count", "mean": "mean", "avg": "mean",
+                         "min": "min", "max": "max"}  # fmt: skip
+NUMERIC = ("Int32", "Int64", "Float32", "Float64")
+DEFAULT_HOP_S = 10  # tiles when the view sets no tiling_hop_size: gcd(windows, 10 s)
+
+
+def _windowed_into(plans: dict[str, FeatureViewPlan]) -> Any:
+    """A check that replaces the stream feature view's plan by its windowed form (features:
+    the aggregations' outputs) and returns what it cannot keep online."""
+
+    def compile_into(view: Any) -> list[Unsupported]:
+        windowed, found = _windowed(view, plans[view.name])
+        if not any(SERVE in u.needed_by for u in found):
+            plans[view.name] = windowed
+        return found
+
+    return compile_into
+
+
+def _windowed(view: Any, plain: FeatureViewPlan) -> tuple[FeatureViewPlan, list[Unsupported]]:
+    """Feast's `Aggregation`s as `WindowAggregation`s over tiles of `hop_s` seconds. Output
+    types are the schema's when declared there, else what the function gives (count: Int64;
+    mean: Float64; sum, min, max: the input's integer or float kind)."""
+    import math
+    from dataclasses import replace
+
+    keys = {k.name for k in plain.join_keys}
+    declared = {f.name: str(f.dtype) for f in view.features if f.name not in keys}
+    found: list[Unsupported] = []
+
+    def refuse(construct: str, reason: str) -> None:
+        found.append(Unsupported(view.name, construct, reason, None, "stream feature view"))
+
+    aggregations, windows = [], []
+    for agg in view.aggregations:
+        function = AGGREGATION_FUNCTIONS.get(agg.function)
+        window = agg.time_window.total_seconds() if agg.time_window is not None else 0.0
+        if function is None:
+            refuse(f'Aggregation(function="{agg.function}")', "Carrara keeps sum, count, "
+                   "mean (avg), min and max over time windows")  # fmt: skip
+        elif window <= 0 or window != int(window):
+            refuse(f"Aggregation over {agg.column!r} with time_window={agg.time_window}",
+                   "a window is a whole, positive number of seconds")  # fmt: skip
+        else:
+            name = agg.resolved_name(agg.time_window)
+            aggregations.append(WindowAggregation(name, agg.column, function, int(window)))
+            windows.append(int(window))
+    hop = view.tiling_hop_size.total_seconds() if view.tiling_hop_size else None
+    hop_s = int(hop) if hop else math.gcd(*windows, DEFAULT_HOP_S)
+    if hop is not None and (hop <= 0 or hop != int(hop)):
+        refuse(f"tiling_hop_size={view.tiling_hop_size}", "tiles are whole seconds")
+    for agg in aggregations:
+        if hop_s and agg.window_s % hop_s:
+            refuse(f"{agg.name}: a {agg.window_s} s window over {hop_s} s tiles",
+                   "every window must be a whole number of tiles (tiling_hop_size)")  # fmt: skip
+    inputs = {a.column: declared.get(a.column, "Float64") for a in aggregations}
+    outputs = []
+    for agg in aggregations:
+        dtype = declared.get(agg.name) or _output_type(agg.function, inputs[agg.column])
+        if dtype not in NUMERIC:
+            refuse(f"{agg.name}: {dtype}", "a window's output is Int32, Int64, Float32 or Float64")
+        outputs.append(Column(agg.name, dtype))
+    event_columns = tuple(Column(name, dtype) for name, dtype in inputs.items())
+    if any(c.dtype not in NUMERIC for c in event_columns):
+        refuse("an aggregated column that is not a number", "windows sum numbers")
+    windowed = replace(
+        plain,
+        features=tuple(outputs),
+        aggregations=tuple(aggregations),
+        event_columns=event_columns,
+        hop_s=hop_s,
+    )
+    return windowed, found
+
+
+def _output_type(function: str, input_type: str) -> str:
+    if function == "count":
+        return "Int64"
+    if function == "mean":
+        return "Float64"
+    return "Int64" if input_type.startswith("Int") else "Float64"
+
+
 def _push_source_name(view: Any) -> str | None:
     """The PushSource a view takes pushed rows from (Feast: its stream_source), if any."""
     from feast.data_source import PushSource
@@ -249,11 +335,16 @@ def _view_unsupported(view: Any) -> list[Unsupported]:
             Unsupported(view.name, "a view without batch_source", reason, needed_by=(MATERIALIZE,))
         )
     transformation = getattr(view, "feature_transformation", None) or getattr(view, "udf", None)
-    if transformation is not None or getattr(view, "aggregations", None):
-        construct = f"{type(view).__name__} with a " + (
-            "transformation" if transformation is not None else "aggregation"
-        )
+    if transformation is not None and not getattr(view, "aggregations", None):
+        construct = f"{type(view).__name__} with a transformation"
         reason = "Carrara writes source columns as they are; it runs no transformation"
+        found.append(Unsupported(view.name, construct, reason, needed_by=(MATERIALIZE,)))
+    if getattr(view, "aggregations", None):
+        reason = (
+            "its windows are kept from pushed events (Push, `carrara ingest`); "
+            "materializing its batch source too would count them twice"
+        )
+        construct = "StreamFeatureView with aggregations"
         found.append(Unsupported(view.name, construct, reason, needed_by=(MATERIALIZE,)))
     if getattr(view, "source_views", None):
         reason = "Carrara materializes views over a batch source only"

@@ -32,7 +32,7 @@ import yaml
 from serving.errors import PlanError
 from serving.files import write_atomic
 
-PLAN_FORMAT = 3
+PLAN_FORMAT = 4
 PLAN_FILE = "carrara_plan.json"
 DUMMY_ENTITY_ID = "__dummy_id"  # Feast's join key of entityless views, its value always ""
 MATERIALIZE, SERVE = "materialize", "serve"  # what needs a construct: writing it, or reading it
@@ -60,6 +60,19 @@ class BatchSource:
 
 
 @dataclass(frozen=True)
+class WindowAggregation:
+    """One of a stream feature view's `Aggregation`s: `function` of the pushed `column` over
+    the last `window_s` seconds of event time, served as the feature `name` (Feast's
+    `resolved_name`, e.g. `sum_trip_requested_60s`). serving/repo/windows.py says exactly
+    which events a window holds."""
+
+    name: str
+    column: str
+    function: str  # sum, count, mean, min, max ("avg" is compiled to "mean")
+    window_s: int
+
+
+@dataclass(frozen=True)
 class FeatureViewPlan:
     name: str
     join_keys: tuple[Column, ...]
@@ -69,6 +82,15 @@ class FeatureViewPlan:
     online: bool = True
     enabled: bool = True  # Feast's `enabled`: a disabled view is not materialized by default
     push_source: str | None = None  # the PushSource whose pushed rows it takes
+    # A stream feature view with aggregations: its features are the aggregations' outputs,
+    # kept in tiles of `hop_s` seconds of event time from the pushed `event_columns`.
+    aggregations: tuple[WindowAggregation, ...] = ()
+    event_columns: tuple[Column, ...] = ()
+    hop_s: int = 0
+
+    @property
+    def windowed(self) -> bool:
+        return bool(self.aggregations)
 
     @property
     def entityless(self) -> bool:
@@ -343,6 +365,9 @@ def _view_from_dict(v: dict[str, Any]) -> FeatureViewPlan:
         online=v["online"],
         enabled=v["enabled"],
         push_source=v.get("push_source"),
+        aggregations=tuple(WindowAggregation(**a) for a in v.get("aggregations", ())),
+        event_columns=_columns(v.get("event_columns", [])),
+        hop_s=v.get("hop_s", 0),
     )
 
 
