@@ -30,9 +30,11 @@ import pyarrow.parquet as pq
 
 from serving.errors import DataError, InvalidRequestError, echo
 from serving.files import write_atomic
+from serving.ingest.windows import StreamAck, WindowWriter
 from serving.repo.plan import DUMMY_ENTITY_ID, Column, FeatureViewPlan, ServingPlan
 from serving.store import codec, encoding
 from serving.store.online_store import OnlineStore
+from serving.store.window_tiles import Events
 from serving.store.write_guard import framed_batches
 
 log = logging.getLogger(__name__)
@@ -108,7 +110,8 @@ def _source_columns(view: FeatureViewPlan) -> list[Column]:
         )
     renamed = {feature: name for name, feature in view.source.field_mapping.items()}
     keys = [k for k in view.join_keys if k.name != DUMMY_ENTITY_ID]
-    features = [Column(renamed.get(f.name, f.name), f.dtype) for f in view.features]
+    taken = view.event_columns if view.windowed else view.features  # events, or values
+    features = [Column(renamed.get(f.name, f.name), f.dtype) for f in taken]
     return [*keys, *features, Column(view.source.timestamp_field, "UnixTimestamp")]
 
 
@@ -126,6 +129,15 @@ class Pusher:
         self.repo = repo
         self.store = store
         self.max_future_skew_s = max_future_skew_s
+        self._windows: WindowWriter | None = None
+
+    def windows(self) -> WindowWriter:
+        """The writer of windowed views (made on first use: it needs one Redis server)."""
+        if self._windows is None:
+            if self.store is None:
+                raise DataError("push: no online store configured")
+            self._windows = WindowWriter(self.plan, self.store)
+        return self._windows
 
     def push(
         self,
@@ -133,14 +145,18 @@ class Pusher:
         columns: Mapping[str, Sequence[Any]],
         to: PushTarget = PushTarget.ONLINE,
         now_s: float | None = None,
+        ack: StreamAck | None = None,
     ) -> PushResult:
         """Write `columns` (the push schema's, event times in UTC microseconds) to every view
-        `source` feeds; all rows of all views are checked before the first write."""
+        `source` feeds; all rows of all views are checked before the first write. Windowed
+        views add the rows as events (with `ack`, stream entries not applied before)."""
         views = self.plan.push_views(source)
         schema = push_columns(self.plan, source, columns)
         rows = _check_columns(source, columns, schema)
         _check_times(columns, schema, now_s, self.max_future_skew_s)
-        prepared = [(view, *self._online_rows(view, columns, rows)) for view in views]
+        plain = [v for v in views if not v.windowed]
+        prepared = [(view, *self._online_rows(view, columns, rows)) for view in plain]
+        events = [self._events(v, columns, rows, ack) for v in views if v.windowed and to.online]
         written = older = appended = 0
         acknowledged: dict[str, tuple[int, Sequence[int]]] = {}
         if to.online:
@@ -150,6 +166,11 @@ class Pusher:
                 counts = self.store.write_view(view.name, [f.name for f in view.features], batches)
                 written, older = written + counts.written, older + counts.skipped
                 acknowledged[view.name] = (int(time.time() * _US), event_us)
+            if events:  # after the plain views: a redelivery finds those written, these not
+                applied = self.windows().apply(events, ack)
+                written, older = written + applied.applied, older + applied.repeated
+                at_us = int(time.time() * _US)
+                acknowledged.update({e.view.name: (at_us, e.event_us) for e in events})
         if to.offline:
             for view in views:
                 appended += self._append_offline(view, columns, rows)
@@ -177,6 +198,29 @@ class Pusher:
         event_ts = encoding.encode_timestamps(stamps)
         batches = list(framed_batches([keys[i] for i in latest], event_ts, values, WRITE_ROWS))
         return batches, [columns[ts_field][i] for i in latest]
+
+    def _events(
+        self,
+        view: FeatureViewPlan,
+        columns: Mapping[str, Sequence[Any]],
+        rows: int,
+        ack: StreamAck | None,
+    ) -> Events:
+        names = [c.name for c in _source_columns(view)]
+        values = dict(
+            zip(
+                (c.name for c in view.event_columns),
+                names[-1 - len(view.event_columns) : -1],
+                strict=True,
+            )
+        )
+        return self.windows().events(
+            view,
+            self._keys(view, columns, rows),
+            list(columns[names[-1]]),
+            {event: columns[name] for event, name in values.items()},
+            list(ack.entry_ids) if ack is not None else None,
+        )
 
     def _keys(
         self, view: FeatureViewPlan, columns: Mapping[str, Sequence[Any]], rows: int

@@ -31,6 +31,8 @@ import redis
 from serving.errors import CarraraError, StoreUnavailableError, UsageError, echo
 from serving.ingest.metrics import IngestMetrics
 from serving.ingest.push import Pusher, push_columns
+from serving.ingest.windows import StreamAck
+from serving.repo.plan import FeatureViewPlan
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 250  # an XREADGROUP waits this long for entries (below the socket timeout)
@@ -62,6 +64,10 @@ class StreamIngester:
     stats: IngestStats = field(default_factory=IngestStats)
     stop: threading.Event = field(default_factory=threading.Event)
     metrics: IngestMetrics | None = None  # Prometheus (--metrics-port); None: none
+    # the windowed views the stream feeds (aged by ticks): all of the repo's when the
+    # stream names its source per entry, else those of `source`
+    windowed_views: list[FeatureViewPlan] = field(default_factory=list)
+    _ticked: tuple[int, ...] = ()
 
     @property
     def dead_stream(self) -> str:
@@ -97,9 +103,21 @@ class StreamIngester:
                 log.warning("ingest %s: group %r is gone; making it again", self.stream, self.group)
                 grouped = False
                 continue
-            if not taken and idle_exit:
-                break
+            if not taken:
+                self._tick()  # a quiet stream: its windows still age
+                if idle_exit:
+                    break
         return self.stats
+
+    def _tick(self) -> None:
+        """Age the windows of the views this stream feeds, once per tile boundary passed."""
+        views = self.windowed_views
+        if not views:
+            return
+        tiles = tuple(int(self.pusher.windows().clock()) // v.hop_s for v in views)
+        if tiles != self._ticked:
+            self.pusher.windows().tick(views)
+            self._ticked = tiles
 
     def step(self, count: int) -> int:
         """One batch: this consumer's pending entries first, then those others left pending
@@ -147,6 +165,7 @@ class StreamIngester:
                 dead.append((_Entry(entry_id, fields, {}), str(exc)))
         for source, items in rows.items():
             dead += self._push(source, items)
+        self._tick()
         self._bury(dead)
         self.client.xack(self.stream, self.group, *[entry_id for entry_id, _ in entries])
 
@@ -171,7 +190,7 @@ class StreamIngester:
         that only the bad rows go to the dead-letter stream (the guard makes the rows a
         refused batch shares with a later one harmless to write again)."""
         try:
-            self._push_rows(source, [item.row for item in items])
+            self._push_rows(source, [item.row for item in items], [i.entry_id for i in items])
             return []
         except StoreUnavailableError:
             raise
@@ -181,7 +200,7 @@ class StreamIngester:
         half = len(items) // 2
         return self._push(source, items[:half]) + self._push(source, items[half:])
 
-    def _push_rows(self, source: str, rows: list[dict[str, Any]]) -> None:
+    def _push_rows(self, source: str, rows: list[dict[str, Any]], entry_ids: list[bytes]) -> None:
         names = {k for row in rows for k in row}
         try:
             schema = push_columns(self.pusher.plan, source, names)
@@ -191,7 +210,10 @@ class StreamIngester:
         if extra:
             raise _RefusedError(f"{echo(extra[0])} is not a column of push source {source!r}")
         columns = {c.name: [row.get(c.name) for row in rows] for c in schema}
-        result = self.pusher.push(source, columns)
+        ack = StreamAck(
+            self.stream.encode(), self.group.encode(), self.consumer.encode(), entry_ids
+        )
+        result = self.pusher.push(source, columns, ack=ack)
         self.stats.written += result.rows_written
         self.stats.older_than_stored += result.rows_older_than_stored
         self._count("rows_written", result.rows_written)
@@ -247,4 +269,9 @@ def ingest(repo: Path, stream: str, redis_url: str | None = None, **options: Any
         store.close()
         raise UsageError("carrara ingest reads streams from one Redis server, not a cluster")
     client = store.connection.client()
-    return StreamIngester(client, Pusher(plan, repo, store), stream, **options)
+    source = options.get("source")
+    views = [v for v in plan.feature_views.values() if v.windowed and v.push_source]
+    windowed = [v for v in views if source is None or v.push_source == source]
+    return StreamIngester(
+        client, Pusher(plan, repo, store), stream, windowed_views=windowed, **options
+    )
