@@ -1,0 +1,328 @@
+"""Windowed views online, on a real redis-server: pushed and streamed events kept in tiles,
+the windows' values in Feast's layout (Feast reads them), aged by ticks, and exactly once
+however often a stream entry is delivered; checked against the definition in
+serving/repo/windows.py, recounted from the events in the test."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import redis
+
+from serving.errors import InvalidRequestError
+from serving.ingest.push import Pusher
+from serving.ingest.stream import ingest
+from serving.ingest.windows import StreamAck
+from serving.repo.compile import apply_repo, feast_context
+from serving.repo.plan import FeatureViewPlan, ServingPlan
+from serving.repo.windows import window_tiles
+from serving.store import codec
+from serving.store.online_store import OnlineStore
+from serving.store.redis_process import RedisProcess
+from serving.store.settings import redis_settings
+from tests.helpers import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PROJECT = "windows_test"
+VIEW = "zone_activity"
+STREAM = "zone_events_stream"
+HOP_S = 10
+DEFINITIONS = """
+from datetime import timedelta
+
+from feast import Entity, Field, FileSource, PushSource
+from feast.aggregation import Aggregation
+from feast.stream_feature_view import StreamFeatureView
+from feast.types import Float64, Int64
+from feast.value_type import ValueType
+
+zone = Entity(name="zone", join_keys=["zone_id"], value_type=ValueType.INT64)
+events = PushSource(
+    name="zone_events",
+    batch_source=FileSource(path="data/zone_events.parquet", timestamp_field="event_timestamp"),
+)
+aggregations = [
+    Aggregation(column="trips", function="sum", time_window=timedelta(seconds=60)),
+    Aggregation(column="trips", function="sum", time_window=timedelta(seconds=300)),
+    Aggregation(column="trips", function="count", time_window=timedelta(seconds=300)),
+    Aggregation(column="fare", function="mean", time_window=timedelta(seconds=60)),
+    Aggregation(column="fare", function="min", time_window=timedelta(seconds=300)),
+    Aggregation(column="fare", function="max", time_window=timedelta(seconds=300)),
+    Aggregation(column="fare", function="sum", time_window=timedelta(seconds=300)),
+]
+zone_activity = StreamFeatureView(
+    name="zone_activity",
+    entities=[zone],
+    ttl=timedelta(minutes=30),
+    source=events,
+    schema=[Field(name="zone_id", dtype=Int64), Field(name="trips", dtype=Int64),
+            Field(name="fare", dtype=Float64)]
+    + [Field(name=a.resolved_name(a.time_window), dtype=Int64 if "trips" in a.column else Float64)
+       for a in aggregations],
+    aggregations=aggregations,
+    timestamp_field="event_timestamp",
+    enable_tiling=True,
+    tiling_hop_size=timedelta(seconds=10),
+)
+"""
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisProcess) -> Path:
+    repo = tmp_path_factory.mktemp("windows") / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "definitions.py").write_text(DEFINITIONS)
+    (repo / "feature_store.yaml").write_text(
+        f"project: {PROJECT}\nregistry: data/registry.db\nprovider: local\n"
+        "online_store:\n    type: redis\n"
+        f'    connection_string: "127.0.0.1:{redis_server.port}"\n'
+    )
+    empty = {
+        "zone_id": pa.array([], pa.int64()),
+        "trips": pa.array([], pa.int64()),
+        "fare": pa.array([], pa.float64()),
+        "event_timestamp": pa.array([], pa.timestamp("us", "UTC")),
+    }
+    pq.write_table(pa.table(empty), repo / "data" / "zone_events.parquet")
+    apply_repo(repo)
+    return repo
+
+
+@pytest.fixture
+def plan(repo: Path) -> ServingPlan:
+    from serving.repo.compile import ensure_plan
+
+    return ensure_plan(repo)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Any:
+    found = redis.Redis.from_url(redis_url)
+    yield found
+    found.close()
+
+
+@pytest.fixture
+def store(repo: Path, redis_url: str, plan: ServingPlan) -> Any:
+    opened = OnlineStore(redis_settings(repo, redis_url), plan.project)
+    yield opened
+    opened.close()
+
+
+Event = tuple[int, int, int | None, float | None]  # zone, event time (us), trips, fare
+
+
+def random_events(rng: random.Random, now_us: int, n: int) -> list[Event]:
+    """Events of 4 zones over the last 10 minutes, out of order, some values null."""
+    return [
+        (
+            rng.randrange(4),
+            now_us - rng.randrange(600_000_000),
+            None if rng.random() < 0.1 else rng.randrange(3),
+            None if rng.random() < 0.1 else round(rng.uniform(3, 40), 2),
+        )
+        for _ in range(n)
+    ]
+
+
+def columns(events: Sequence[Event]) -> dict[str, list[Any]]:
+    return {
+        "zone_id": [e[0] for e in events],
+        "event_timestamp": [e[1] for e in events],
+        "trips": [e[2] for e in events],
+        "fare": [e[3] for e in events],
+    }
+
+
+def expected(view: FeatureViewPlan, events: Sequence[Event], zone: int, as_of_us: int) -> dict:
+    """serving/repo/windows.py's definition, event by event."""
+    out = {}
+    for agg in view.aggregations:
+        first, last = window_tiles(as_of_us, view.hop_s, agg.window_s)
+        index = 2 if agg.column == "trips" else 3
+        values = [
+            e[index]
+            for e in events
+            if e[0] == zone
+            and e[1] <= as_of_us
+            and first <= e[1] // (view.hop_s * 1_000_000) <= last
+            and e[index] is not None
+        ]
+        out[agg.name] = {
+            "sum": sum(values),
+            "count": len(values),
+            "mean": sum(values) / len(values) if values else None,
+            "min": min(values, default=None),
+            "max": max(values, default=None),
+        }[agg.function]
+    return out
+
+
+def stored(client: Any, view: FeatureViewPlan, zone: int) -> tuple[dict, int | None]:
+    key = codec.encode_entity_key(["zone_id"], ["Int64"], [zone], PROJECT)
+    fields = client.hgetall(key)
+    values = {
+        f.name: codec.decode_value(fields.get(codec.field_name(VIEW, f.name)))
+        for f in view.features
+    }
+    return values, codec.decode_timestamp_micros(fields.get(codec.ts_field(VIEW)))
+
+
+def assert_matches(client: Any, view: FeatureViewPlan, events: Sequence[Event]) -> None:
+    for zone in sorted({e[0] for e in events}):
+        values, as_of = stored(client, view, zone)
+        assert as_of is not None
+        want = expected(view, events, zone, as_of)
+        for name, value in want.items():
+            got = values[name]
+            if isinstance(value, float) and got is not None:
+                assert math.isclose(got, value, rel_tol=1e-9), (zone, name, got, value)
+            else:
+                assert got == value, (zone, name, got, value)
+
+
+def test_pushed_events_in_batches_give_the_defined_windows(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    assert view.hop_s == HOP_S
+    assert view.windowed
+    now_us = int(time.time() * 1e6)
+    rng = random.Random(5)
+    pusher = Pusher(plan, repo, store)
+    pushed: list[Event] = []
+    for size in (1, 7, 50, 200):  # late and out-of-order events across the batches
+        batch = random_events(rng, now_us, size)
+        result = pusher.push("zone_events", columns(batch))
+        assert (result.rows_written, result.rows_older_than_stored) == (size, 0)
+        pushed += batch
+        assert_matches(client, view, pushed)
+
+
+def test_feast_reads_the_windows_carrara_keeps(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    events = random_events(random.Random(9), int(time.time() * 1e6), 100)
+    Pusher(plan, repo, store).push("zone_events", columns(events))
+    names = [f.name for f in view.features]
+    with feast_context(repo):
+        from feast import FeatureStore
+
+        feast = FeatureStore(repo_path=str(repo))
+        read = feast.get_online_features(
+            features=[f"{VIEW}:{n}" for n in names], entity_rows=[{"zone_id": z} for z in range(4)]
+        ).to_dict()
+    for zone in range(4):
+        ours, _ = stored(client, view, zone)
+        assert {n: read[n][zone] for n in names} == ours
+
+
+def test_a_tick_ages_quiet_windows_and_forgets_empty_ones(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    now_s = 1_900_000_000.0
+    pusher = Pusher(plan, repo, store)
+    writer = pusher.windows()
+    writer.clock = lambda: now_s
+    events: list[Event] = [
+        (1, int((now_s - 30) * 1e6), 2, 10.0),
+        (1, int((now_s - 200) * 1e6), 1, 4.0),
+    ]
+    pusher.push("zone_events", columns(events), now_s=now_s)
+    assert stored(client, view, 1)[0]["sum_trips_60s"] == 2
+    active = view_active_key(plan)
+    assert client.zcard(active) == 1
+    for later_s in (45, 150, 400):  # the 60 s window empties, then the 300 s ones
+        writer.clock = lambda later_s=later_s: now_s + later_s
+        assert writer.tick([view]) == 1
+        values, as_of = stored(client, view, 1)
+        assert as_of == int((now_s + later_s) * 1e6)
+        assert values == expected(view, events, 1, as_of)
+    assert values["sum_trips_300s"] == 0
+    assert values["min_fare_300s"] is None
+    assert client.zcard(active) == 0  # every window empty: nothing left to age
+    assert writer.tick([view]) == 0
+
+
+def view_active_key(plan: ServingPlan) -> bytes:
+    return f"carrara:active:{plan.project}:{VIEW}".encode()
+
+
+def test_a_stream_entry_delivered_twice_counts_once(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    events = random_events(random.Random(3), int(time.time() * 1e6), 30)
+    for _e in events:
+        client.xadd(STREAM, {b"row": b"{}"})  # the ids the events travel under
+    client.xgroup_create(STREAM, "g", id="0")
+    taken = client.xreadgroup("g", "a", {STREAM: ">"}, count=100)[0][1]
+    ids = [entry_id for entry_id, _ in taken]
+    pusher = Pusher(plan, repo, store)
+    ack = StreamAck(STREAM.encode(), b"g", b"a", ids)
+    first = pusher.push("zone_events", columns(events), ack=ack)
+    assert (first.rows_written, first.rows_older_than_stored) == (30, 0)
+    assert client.xpending(STREAM, "g")["pending"] == 0  # acknowledged with the effect
+    before = {z: stored(client, view, z)[0] for z in range(4)}
+    again = pusher.push("zone_events", columns(events), ack=ack)  # a redelivery
+    assert (again.rows_written, again.rows_older_than_stored) == (0, 30)
+    assert {z: stored(client, view, z)[0] for z in range(4)} == before
+    assert_matches(client, view, events)
+
+
+def test_bad_event_values_are_refused_naming_column_and_row(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    events = columns([(1, int(time.time() * 1e6), 1, 2.0)] * 2)
+    events["fare"][1] = "cheap"
+    with pytest.raises(InvalidRequestError, match=r"columns.fare row 1: .*numbers"):
+        Pusher(plan, repo, store).push("zone_events", events)
+    assert client.dbsize() == 0  # nothing written
+
+
+def test_an_ingester_killed_mid_stream_loses_and_doubles_nothing(
+    repo: Path, plan: ServingPlan, client: Any, redis_url: str
+) -> None:
+    view = plan.feature_views[VIEW]
+    events = random_events(random.Random(11), int(time.time() * 1e6), 6_000)
+    pipe = client.pipeline(transaction=False)
+    for zone, ts, trips, fare in events:
+        row = {"zone_id": zone, "event_timestamp": ts, "trips": trips, "fare": fare}
+        pipe.xadd(STREAM, {b"source": b"zone_events", b"row": json.dumps(row).encode()})
+    pipe.execute()
+    command = [sys.executable, "-m", "serving.cli", "ingest", "--repo", str(repo)]
+    command += ["--stream", STREAM, "--redis-url", redis_url, "--batch", "50"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: acknowledged(client) >= 1_000, 60, what="1,000 entries ingested")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+    assert acknowledged(client) < len(events)  # killed with work left
+    stats = ingest(repo, STREAM, redis_url, consumer="b", claim_idle_ms=0).run(idle_exit=True)
+    assert stats.dead == 0
+    assert client.xpending(STREAM, "carrara")["pending"] == 0
+    assert_matches(client, view, events)
+
+
+def acknowledged(client: Any) -> int:
+    """Entries the group has read and no consumer holds pending."""
+    groups = client.xinfo_groups(STREAM)
+    if not groups:
+        return 0
+    return int(groups[0]["entries-read"] or 0) - int(groups[0]["pending"])
