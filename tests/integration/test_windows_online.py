@@ -153,8 +153,8 @@ def expected(view: FeatureViewPlan, events: Sequence[Event], zone: int, as_of_us
     for agg in view.aggregations:
         first, last = window_tiles(as_of_us, view.hop_s, agg.window_s)
         index = 2 if agg.column == "trips" else 3
-        values = [
-            e[index]
+        values: list[float] = [
+            e[index]  # type: ignore[misc]
             for e in events
             if e[0] == zone
             and e[1] <= as_of_us
@@ -248,7 +248,7 @@ def test_a_tick_ages_quiet_windows_and_forgets_empty_ones(
     active = view_active_key(plan)
     assert client.zcard(active) == 1
     for later_s in (45, 150, 400):  # the 60 s window empties, then the 300 s ones
-        writer.clock = lambda later_s=later_s: now_s + later_s
+        writer.clock = lambda later_s=later_s: now_s + later_s  # type: ignore[misc]
         assert writer.tick([view]) == 1
         values, as_of = stored(client, view, 1)
         assert as_of == int((now_s + later_s) * 1e6)
