@@ -115,7 +115,7 @@ class StreamIngester:
         if not views:
             return
         tiles = tuple(int(self.pusher.windows().clock()) // v.hop_s for v in views)
-        if tiles != self._ticked:
+        if tiles != self._ticked:  # tick() itself lets one process per tile do it
             self.pusher.windows().tick(views)
             self._ticked = tiles
 

@@ -12,11 +12,15 @@ Feast hash together, which a Redis Cluster cannot do across slots.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from serving.errors import InvalidRequestError, UsageError
 from serving.repo.plan import FeatureViewPlan, ServingPlan
@@ -24,6 +28,7 @@ from serving.store.connection import RedisConnection
 from serving.store.online_store import OnlineStore
 from serving.store.window_tiles import SCRIPT, Events, WindowedView, script_args
 
+log = logging.getLogger(__name__)
 TICK_ENTITIES = 500  # entities recomputed per script call of a tick (Redis runs one at a time)
 _US = 1_000_000
 
@@ -109,10 +114,17 @@ class WindowWriter:
 
     def tick(self, views: Sequence[FeatureViewPlan]) -> int:
         """Recompute, as of the clock, every entity whose windows still hold events; returns
-        how many were recomputed. An entity whose windows emptied leaves the active set."""
+        how many were recomputed. An entity whose windows emptied leaves the active set.
+        One tick per view and tile, whoever asks: servers and ingesters all age windows, and
+        the first to claim a tile's tick (SET NX) does it."""
         done = 0
+        now_us = self._now_us()
         for view in views:
             windowed = self.windowed(view)
+            tile = now_us // (view.hop_s * _US)
+            claim = windowed.active_key + b":tick:%d" % tile
+            if not self.client.set(claim, b"1", nx=True, px=view.hop_s * 2_000):
+                continue
             members: list[bytes] = self.client.zrange(windowed.active_key, 0, -1)
             for start in range(0, len(members), TICK_ENTITIES):
                 chunk = members[start : start + TICK_ENTITIES]
@@ -121,6 +133,19 @@ class WindowWriter:
                 self._script(keys=[keys[0], *keys], args=args)
                 done += len(chunk)
         return done
+
+    def age(self, views: Sequence[FeatureViewPlan], stop: threading.Event) -> None:
+        """Tick at every tile boundary until `stop` is set; Redis unavailable is waited out."""
+        if not views:
+            return
+        hop_s = min(v.hop_s for v in views)
+        while not stop.is_set():  # bounded by stop
+            try:
+                self.tick(views)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("ageing windows: Redis unavailable (%s); trying again", exc)
+            now = self.clock()
+            stop.wait(hop_s - now % hop_s + 0.01)  # just past the next boundary
 
     def _now_us(self) -> int:
         return int(self.clock() * _US)

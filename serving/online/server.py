@@ -46,6 +46,7 @@ from grpc_reflection.v1alpha import reflection
 from serving.credentials import TLSFiles, load_tls
 from serving.errors import CarraraError, StoreUnavailableError, UsageError
 from serving.inference.served_model import StoreFallback
+from serving.ingest.windows import WindowWriter
 from serving.models.card import ModelCard
 from serving.models.registry import ModelRegistry
 from serving.monitoring.drift import DriftWindows
@@ -57,7 +58,8 @@ from serving.online.servicer import PredictionServicer, add_to_server
 from serving.online.shadow import ShadowScorer
 from serving.online.tokens import TokenTable
 from serving.pb.carrara.v1 import prediction_pb2 as pb
-from serving.repo.plan import RepoFiles, load_plan
+from serving.repo.plan import FeatureViewPlan, RepoFiles, load_plan
+from serving.store.connection import RedisConnection
 from serving.store.online_store import OnlineStore
 from serving.store.presence import absent_views
 from serving.store.settings import redis_settings
@@ -181,11 +183,23 @@ class Server:
         watchers = [(self._watch_health, "health"), (self._watch_models, "reload")]
         if self.tokens is not None:
             watchers.append((self._watch_tokens, "tokens"))
+        if self._windowed_views():
+            watchers.append((self._age_windows, "windows"))
         for target, name in watchers:
             thread = threading.Thread(target=target, name=f"carrara-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
         return self.port
+
+    def _windowed_views(self) -> list[FeatureViewPlan]:
+        """Windowed views this server ages (one Redis server: a cluster cannot keep them)."""
+        if not isinstance(self.store.connection, RedisConnection):
+            return []
+        return [v for v in self.predictor.plan.feature_views.values() if v.windowed]
+
+    def _age_windows(self) -> None:
+        """Windows change when time passes, pushed to or not: tick them (windows.py)."""
+        WindowWriter(self.predictor.plan, self.store).age(self._windowed_views(), self._stop)
 
     def stop(self, grace_s: float = 2.0) -> None:
         self._stop.set()

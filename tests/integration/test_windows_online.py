@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -326,3 +327,30 @@ def acknowledged(client: Any) -> int:
     if not groups:
         return 0
     return int(groups[0]["entries-read"] or 0) - int(groups[0]["pending"])
+
+
+def test_ageing_ticks_once_per_tile_until_stopped(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    start_s = 1_950_000_000.0
+    pusher = Pusher(plan, repo, store)
+    writer = pusher.windows()
+    writer.clock = lambda: start_s
+    pusher.push("zone_events", columns([(2, int((start_s - 5) * 1e6), 3, 7.0)]), now_s=start_s)
+    stop = threading.Event()
+    calls: list[float] = []
+
+    def clock() -> float:  # each call a tile later, just before its end: short waits
+        calls.append(start_s + HOP_S * len(calls) + HOP_S - 0.001)
+        if len(calls) >= 80:
+            stop.set()
+        return calls[-1]
+
+    writer.clock = clock
+    writer.age([view], stop)
+    values, as_of = stored(client, view, 2)
+    assert as_of is not None
+    assert as_of > int((start_s + 300) * 1e6)  # aged past every window
+    assert values["sum_trips_300s"] == 0
+    assert client.zcard(view_active_key(plan)) == 0
