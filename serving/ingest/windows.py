@@ -153,17 +153,18 @@ class WindowWriter:
 
 def _numbers(name: str, column: Sequence[Any]) -> list[float | int | None]:
     """An event column's values as numbers; null and NaN are null (skipped by aggregations)."""
-    out: list[float | int | None] = []
-    for row, value in enumerate(column):
+    out: list[float | int | None] = list(column)
+    for row, value in enumerate(out):
+        kind = type(value)
+        if kind is int or (kind is float and math.isfinite(value)):  # type: ignore[arg-type]
+            continue  # the common case first: a pass over plain numbers
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            out.append(None)
+            out[row] = None
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise InvalidRequestError(
                 f"columns.{name} row {row}: an aggregated column takes numbers, "
                 f"got {type(value).__name__}"
             )
-        elif isinstance(value, float) and math.isinf(value):
+        elif isinstance(value, float):
             raise InvalidRequestError(f"columns.{name} row {row}: {value} is not a finite number")
-        else:
-            out.append(value)
     return out

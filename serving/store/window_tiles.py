@@ -35,7 +35,7 @@ from serving.store import codec
 TILES_PREFIX = b"carrara:tiles:"
 ACTIVE_PREFIX = b"carrara:active:"
 KINDS = {"Int64": "i64", "Int32": "i32", "Float64": "f64", "Float32": "f32"}
-PARTS = {"sum": "s n", "count": "n", "mean": "s n", "min": "lo", "max": "hi"}
+PARTS = {"sum": "s n", "count": "s n", "mean": "s n", "min": "lo", "max": "hi"}
 
 SCRIPT = r"""
 local pack, floor, fmt = struct.pack, math.floor, string.format
@@ -84,14 +84,17 @@ for v = 1, nviews do
                 nagg = tonumber(ARGV[p + 5]), aggs = {}, span = 1, active = KEYS[k]}
   p, k = p + 6, k + 1
   for a = 1, view.nagg do
-    local agg = {col = ARGV[p], fn = ARGV[p + 1], tiles = tonumber(ARGV[p + 2]),
+    local agg = {col = tonumber(ARGV[p]), fn = ARGV[p + 1], tiles = tonumber(ARGV[p + 2]),
                  kind = ARGV[p + 3], field = ARGV[p + 4]}
     view.aggs[a] = agg
     if agg.tiles > view.span then view.span = agg.tiles end
     p = p + 5
   end
   view.parts = {}
-  for c = 1, view.ncol do view.parts[c] = ARGV[p + c - 1] end
+  for c = 1, view.ncol do
+    view.parts[c] = {}
+    for part in string.gmatch(ARGV[p + c - 1], "%a+") do view.parts[c][part] = true end
+  end
   p = p + view.ncol
   view.nent, view.nev = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
   view.keys, view.first_event = k, p + 2
@@ -124,58 +127,129 @@ if mode == "stream" then
   end
 end
 
-local function refresh(view, j, newest)
-  local tk, fk = KEYS[view.keys + 2 * j - 2], KEYS[view.keys + 2 * j - 1]
-  local asof = number(redis.call("HGET", tk, "asof")) or 0
-  local at = math.max(asof, newest or 0, now)
-  local last = tile_of(at, view.hop)
-  local oldest = last - view.span + 1
-  local cells, stale, kept = {}, {}, 0
-  local flat = redis.call("HGETALL", tk)
-  for i = 1, #flat, 2 do
-    local tile, col, part = string.match(flat[i], "^(%-?%d+):([^:]+):(%a+)$")
-    if tile then
-      tile = tonumber(tile)
-      if tile < oldest then stale[#stale + 1] = flat[i]
-      else
-        kept = kept + 1
-        local key = col .. ":" .. part
-        local t = cells[key]
-        if not t then t = {}; cells[key] = t end
-        t[tile] = tonumber(flat[i + 1])
+local function field(tile, c, part) return fmt("%.0f", tile) .. ":" .. c .. ":" .. part end
+
+-- the stored tiles' `part` of column c over tiles first..last, folded by `add`
+local function tiles(tk, c, part, first, last, total, add)
+  if last < first then return total end
+  local names = {"HMGET", tk}
+  for t = first, last do names[#names + 1] = field(t, c, part) end
+  local got = redis.call(unpack(names))
+  for i = 1, #got do
+    if got[i] then total = add(total, tonumber(got[i])) end
+  end
+  return total
+end
+local function plus(a, b) return a + b end
+local function lower(a, b) if a == nil or b < a then return b end return a end
+local function higher(a, b) if a == nil or b > a then return b end return a end
+
+-- this call's events (cells[tile][c]) into the tiles, except those no window can hold
+local function store_cells(view, tk, cells, oldest)
+  for tile, cols in pairs(cells) do
+    if tile >= oldest then
+      for c, cell in pairs(cols) do
+        local parts = view.parts[c]
+        if parts.s then
+          redis.call("HINCRBYFLOAT", tk, field(tile, c, "s"), fmt("%.17g", cell.s))
+        end
+        if parts.n then redis.call("HINCRBY", tk, field(tile, c, "n"), cell.n) end
+        if parts.lo then
+          local old = number(redis.call("HGET", tk, field(tile, c, "lo")))
+          if old == nil or cell.lo < old then
+            redis.call("HSET", tk, field(tile, c, "lo"), fmt("%.17g", cell.lo))
+          end
+        end
+        if parts.hi then
+          local old = number(redis.call("HGET", tk, field(tile, c, "hi")))
+          if old == nil or cell.hi > old then
+            redis.call("HSET", tk, field(tile, c, "hi"), fmt("%.17g", cell.hi))
+          end
+        end
       end
     end
   end
-  local hset = {"HSET", fk, view.ts_field, timestamp(at)}
-  for _, agg in ipairs(view.aggs) do
-    local first = last - agg.tiles + 1
-    local s, n, lo, hi = 0, 0, nil, nil
-    for tile = first, last do
-      local c = cells[agg.col .. ":n"]
-      if c and c[tile] then n = n + c[tile] end
-      c = cells[agg.col .. ":s"]
-      if c and c[tile] then s = s + c[tile] end
-      c = cells[agg.col .. ":lo"]
-      if c and c[tile] and (lo == nil or c[tile] < lo) then lo = c[tile] end
-      c = cells[agg.col .. ":hi"]
-      if c and c[tile] and (hi == nil or c[tile] > hi) then hi = c[tile] end
+end
+
+-- drop tiles older than `oldest`: the ones a move from `prev` to `last` left behind, or
+-- (no previous as-of, or a move longer than the span) whatever the hash holds
+local function drop_tiles(view, tk, prev, last, oldest)
+  if prev ~= nil and last - prev < view.span then
+    local names = {"HDEL", tk}
+    for t = prev - view.span + 1, oldest - 1 do
+      for c = 1, view.ncol do
+        for part in pairs(view.parts[c]) do names[#names + 1] = field(t, c, part) end
+      end
     end
+    if #names > 2 then redis.call(unpack(names)) end
+    return
+  end
+  local flat, stale = redis.call("HKEYS", tk), {"HDEL", tk}
+  for i = 1, #flat do
+    local tile = string.match(flat[i], "^(%-?%d+):")
+    if tile and tonumber(tile) < oldest then stale[#stale + 1] = flat[i] end
+  end
+  if #stale > 2 then redis.call(unpack(stale)) end
+end
+
+-- sum and count of aggregation a as of tile `last`: the running ones moved on from `prev`
+-- (this call's events in the old window added, tiles that left subtracted, tiles that
+-- entered added), or summed afresh from the tiles
+local function running(view, agg, tk, cells, prev, last, rs, rn)
+  local first, c = last - agg.tiles + 1, agg.col
+  if prev == nil or rs == nil or last - prev >= agg.tiles then
+    return tiles(tk, c, "s", first, last, 0, plus), tiles(tk, c, "n", first, last, 0, plus)
+  end
+  local s, n = rs, rn
+  for tile, cols in pairs(cells) do
+    local cell = cols[c]
+    if cell and tile > prev - agg.tiles and tile <= prev then s, n = s + cell.s, n + cell.n end
+  end
+  if last > prev then
+    local gone, went = prev - agg.tiles + 1, last - agg.tiles  -- the tiles that left
+    s = s - tiles(tk, c, "s", gone, went, 0, plus) + tiles(tk, c, "s", prev + 1, last, 0, plus)
+    n = n - tiles(tk, c, "n", gone, went, 0, plus) + tiles(tk, c, "n", prev + 1, last, 0, plus)
+  end
+  return s, n
+end
+
+local function refresh(view, j, cells, newest)
+  local tk, fk = KEYS[view.keys + 2 * j - 2], KEYS[view.keys + 2 * j - 1]
+  local head = {"HMGET", tk, "asof", "top"}
+  for a = 1, view.nagg do head[#head + 1] = "r" .. a .. ":s"; head[#head + 1] = "r" .. a .. ":n" end
+  local got = redis.call(unpack(head))
+  local asof, top = number(got[1]), number(got[2])
+  local at = math.max(asof or 0, newest or 0, now)
+  local last = tile_of(at, view.hop)
+  local prev = asof and tile_of(asof, view.hop) or nil
+  local oldest = last - view.span + 1
+  store_cells(view, tk, cells, oldest)
+  for tile in pairs(cells) do if top == nil or tile > top then top = tile end end
+  local hset = {"HSET", fk, view.ts_field, timestamp(at)}
+  local keep = {"HSET", tk, "asof", fmt("%.0f", at), "top", fmt("%.0f", top or 0)}
+  for a, agg in ipairs(view.aggs) do
     local value
-    if agg.fn == "sum" then value = s
-    elseif agg.fn == "count" then value = n
-    elseif agg.fn == "mean" then if n > 0 then value = s / n end
-    elseif agg.fn == "min" then value = lo
-    else value = hi end
+    if agg.fn == "min" or agg.fn == "max" then
+      local part, fold = "lo", lower
+      if agg.fn == "max" then part, fold = "hi", higher end
+      value = tiles(tk, agg.col, part, last - agg.tiles + 1, last, nil, fold)
+    else
+      local s, n = running(view, agg, tk, cells, prev, last,
+                           number(got[1 + 2 * a]), number(got[2 + 2 * a]))
+      keep[#keep + 1] = "r" .. a .. ":s"; keep[#keep + 1] = fmt("%.17g", s)
+      keep[#keep + 1] = "r" .. a .. ":n"; keep[#keep + 1] = fmt("%.17g", n)
+      if agg.fn == "sum" then value = s
+      elseif agg.fn == "count" then value = n
+      elseif n > 0 then value = s / n end
+    end
     hset[#hset + 1] = agg.field
     hset[#hset + 1] = encode(agg.kind, value)
   end
   redis.call(unpack(hset))
   if view.key_ttl > 0 then redis.call("EXPIRE", fk, view.key_ttl) end
-  for i = 1, #stale, 1000 do
-    redis.call("HDEL", tk, unpack(stale, i, math.min(i + 999, #stale)))
-  end
-  if kept > 0 then
-    redis.call("HSET", tk, "asof", fmt("%.0f", at))
+  drop_tiles(view, tk, prev, last, oldest)
+  if top ~= nil and top >= oldest then
+    redis.call(unpack(keep))
     redis.call("PEXPIRE", tk, view.tiles_ttl)
     redis.call("ZADD", view.active, at, fk)
   else
@@ -193,14 +267,15 @@ for _, view in ipairs(views) do
       applied = applied + 1
       local j, ts = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
       local tile = tile_of(ts, view.hop)
-      local cells = acc[j]
-      if not cells then cells = {}; acc[j] = cells end
+      local entity = acc[j]
+      if not entity then entity = {}; acc[j] = entity end
+      local cols = entity[tile]
+      if not cols then cols = {}; entity[tile] = cols end
       for c = 1, view.ncol do
         local raw = ARGV[b + 2 + c]
         if raw ~= "" then
-          local x, key = tonumber(raw), fmt("%.0f", tile) .. ":" .. c
-          local cell = cells[key]
-          if not cell then cell = {s = 0, n = 0, lo = x, hi = x, c = c}; cells[key] = cell end
+          local x, cell = tonumber(raw), cols[c]
+          if not cell then cell = {s = 0, n = 0, lo = x, hi = x}; cols[c] = cell end
           cell.s, cell.n = cell.s + x, cell.n + 1
           if x < cell.lo then cell.lo = x end
           if x > cell.hi then cell.hi = x end
@@ -211,30 +286,8 @@ for _, view in ipairs(views) do
       repeated = repeated + 1
     end
   end
-  for j, cells in pairs(acc) do
-    local tk = KEYS[view.keys + 2 * j - 2]
-    for key, cell in pairs(cells) do
-      local parts = view.parts[cell.c]
-      if string.find(parts, "s", 1, true) then
-        redis.call("HINCRBYFLOAT", tk, key .. ":s", fmt("%.17g", cell.s))
-      end
-      if string.find(parts, "n", 1, true) then redis.call("HINCRBY", tk, key .. ":n", cell.n) end
-      if string.find(parts, "lo", 1, true) then
-        local old = number(redis.call("HGET", tk, key .. ":lo"))
-        if old == nil or cell.lo < old then
-          redis.call("HSET", tk, key .. ":lo", fmt("%.17g", cell.lo))
-        end
-      end
-      if string.find(parts, "hi", 1, true) then
-        local old = number(redis.call("HGET", tk, key .. ":hi"))
-        if old == nil or cell.hi > old then
-          redis.call("HSET", tk, key .. ":hi", fmt("%.17g", cell.hi))
-        end
-      end
-    end
-  end
   for j = 1, view.nent do
-    if mode == "tick" or newest[j] then refresh(view, j, newest[j]) end
+    if mode == "tick" or newest[j] then refresh(view, j, acc[j] or {}, newest[j]) end
   end
 end
 return {applied, repeated}
@@ -319,16 +372,22 @@ def script_args(
             keys += [view.tiles_key(feast_key), feast_key]
         args += view.settings_args()
         args += [str(len(section.feast_keys)).encode(), str(len(section.entity)).encode()]
-        ids = section.entry_ids
-        for e, (entity, event_us) in enumerate(zip(section.entity, section.event_us, strict=True)):
-            args += [ids[e] if ids is not None else b"", str(entity + 1).encode(), b"%d" % event_us]
-            args += [_number(column[e]) for column in section.values]
+        n = len(section.entity)
+        ids = section.entry_ids if section.entry_ids is not None else [b""] * n
+        entity = [b"%d" % (i + 1) for i in range(len(section.feast_keys))]
+        fields = [
+            ids,
+            [entity[i] for i in section.entity],
+            [b"%d" % us for us in section.event_us],
+            *([_number(v) for v in column] for column in section.values),
+        ]
+        args += [value for event in zip(*fields, strict=True) for value in event]
     return keys, args
 
 
 def _number(value: float | int | None) -> bytes:
     if value is None:
         return b""
-    if isinstance(value, int):
+    if type(value) is int:
         return b"%d" % value
-    return repr(float(value)).encode()
+    return repr(float(value)).encode()  # the shortest text that reads back the same double
