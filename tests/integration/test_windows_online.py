@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 import redis
 
+from serving.client import python_values
 from serving.errors import InvalidRequestError
 from serving.ingest.push import Pusher
 from serving.ingest.stream import ingest
@@ -354,3 +355,31 @@ def test_ageing_ticks_once_per_tile_until_stopped(
     assert as_of > int((start_s + 300) * 1e6)  # aged past every window
     assert values["sum_trips_300s"] == 0
     assert client.zcard(view_active_key(plan)) == 0
+
+
+def test_the_push_rpc_feeds_windows_that_get_online_features_serves(
+    repo: Path, plan: ServingPlan, client: Any, redis_url: str, tmp_path: Path
+) -> None:
+    from serving.client import PredictionClient
+    from serving.online.server import Server, ServerSettings
+
+    view = plan.feature_views[VIEW]
+    now_us = int(time.time() * 1e6)
+    events = [(1, now_us - 2_000_000, 2, 10.5), (1, now_us - 1_000_000, 1, 3.0)]
+    settings = ServerSettings(repo=repo, registry=tmp_path / "models", port=0, redis_url=redis_url)
+    server = Server(settings)
+    server.start()
+    try:
+        with PredictionClient(f"127.0.0.1:{server.port}", timeout_s=30) as rpc:
+            reply = rpc.push("zone_events", columns(events))
+            assert (reply.rows_written, reply.rows_older_than_stored) == (2, 0)
+            refs = [f"{VIEW}:{f.name}" for f in view.features]
+            served = rpc.online_features({"zone_id": [1]}, features=refs)
+    finally:
+        server.stop()
+    values, as_of = stored(client, view, 1)
+    assert values["sum_trips_60s"] == 3
+    assert values["mean_fare_60s"] == pytest.approx(6.75)
+    by_name = {c.name: c for c in served.features}
+    assert {n.split("__")[-1]: python_values(by_name[n])[0] for n in by_name} == values
+    assert all(c.event_timestamps_us[0] == as_of for c in served.features)  # its age
