@@ -279,7 +279,16 @@ def _windowed(view: Any, plain: FeatureViewPlan) -> tuple[FeatureViewPlan, list[
         dtype = declared.get(agg.name) or _output_type(agg.function, inputs[agg.column])
         if dtype not in NUMERIC:
             refuse(f"{agg.name}: {dtype}", "a window's output is Int32, Int64, Float32 or Float64")
+        elif agg.function == "mean" and dtype.startswith("Int"):
+            refuse(f"{agg.name}: {dtype}", "a mean is Float32 or Float64")
         outputs.append(Column(agg.name, dtype))
+    undeclared = [a.name for a in aggregations if a.name not in declared]
+    if undeclared:  # Carrara serves them; Feast's reads look features up in the schema
+        log.warning(
+            "stream feature view %r: %s not in its schema: Carrara serves them, Feast's "
+            "get_online_features cannot read them (declare each as a Field)",
+            view.name, ", ".join(undeclared),
+        )  # fmt: skip
     event_columns = tuple(Column(name, dtype) for name, dtype in inputs.items())
     if any(c.dtype not in NUMERIC for c in event_columns):
         refuse("an aggregated column that is not a number", "windows sum numbers")
