@@ -3,8 +3,6 @@ and types, the tile width, and what Carrara refuses (per view, naming the constr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
