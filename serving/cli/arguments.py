@@ -46,6 +46,16 @@ def redis_url_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def future_skew_option(parser: argparse.ArgumentParser) -> None:
+    """--max-future-skew-s: how far ahead of this machine's clock a pushed event may be."""
+    parser.add_argument(
+        "--max-future-skew-s",
+        type=float,
+        default=300.0,
+        help="refuse pushed events timed more than this far in the future (default 300)",
+    )
+
+
 def engine_options(parser: argparse.ArgumentParser) -> None:
     """--engine local|ray and --ray-address: where a batch command runs."""
     parser.add_argument(

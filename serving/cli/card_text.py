@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from serving.models.card import ModelCard
 
 
@@ -31,17 +33,43 @@ def total_rows(card: ModelCard) -> int | None:
 
 
 def metrics_table(card: ModelCard) -> list[str]:
-    """Holdout MAE and RMSE of the model and each baseline, with the model's improvement."""
+    """Holdout MAE and RMSE of the model, each baseline and each compared service (the same
+    learner on another feature service), with the model's improvement."""
     m = card.metrics
     if m is None:
         return ["holdout: none scored (register with --holdout FILE --label COLUMN)"]
+    rows = [(name, base, m.improvement_pct(name)) for name, base in m.baselines.items()]
+    rows += [
+        (f"{service} (same learner)", other, m.comparison_improvement_pct(service))
+        for service, other in m.comparisons.items()
+    ]
+    width = max([22, *(len(name) + 2 for name, _, _ in rows)])
     title = f"holdout ({m.rows:,} rows)"
-    lines = [f"{title:<22}{'MAE':>10} {'RMSE':>10}   model better by (MAE, RMSE)"]
-    lines.append(f"{'model':<22}{m.model.mae:>10.4g} {m.model.rmse:>10.4g}")
-    for name, base in m.baselines.items():
-        gain = m.improvement_pct(name)
+    lines = [f"{title:<{width}}{'MAE':>10} {'RMSE':>10}   model better by (MAE, RMSE)"]
+    lines.append(f"{'model':<{width}}{m.model.mae:>10.4g} {m.model.rmse:>10.4g}")
+    for name, base, gain in rows:
         lines.append(
-            f"{name:<22}{base.mae:>10.4g} {base.rmse:>10.4g}   {gain.mae:+.1f}%, {gain.rmse:+.1f}%"
+            f"{name:<{width}}{base.mae:>10.4g} {base.rmse:>10.4g}   "
+            f"{gain.mae:+.1f}%, {gain.rmse:+.1f}%"
+        )
+    return lines
+
+
+def comparison_lines(card: ModelCard, descriptions: Mapping[str, str] | None = None) -> list[str]:
+    """One line per compared feature service: the model's holdout RMSE beside the same
+    learner's on that service, e.g. `pricing_v2 RMSE 0.05818 vs pricing_v1 (batch features
+    only) 0.1306: 55.4% lower`."""
+    m = card.metrics
+    if m is None:
+        return []
+    lines = []
+    for service, other in m.comparisons.items():
+        what = (descriptions or {}).get(service)
+        name = f"{service} ({what})" if what else service
+        gain = m.comparison_improvement_pct(service).rmse
+        verdict = f"{abs(gain):.1f}% {'lower' if gain >= 0 else 'higher'}"
+        lines.append(
+            f"{card.feature_service} RMSE {m.model.rmse:.4g} vs {name} {other.rmse:.4g}: {verdict}"
         )
     return lines
 

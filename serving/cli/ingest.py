@@ -8,7 +8,12 @@ import signal
 import socket
 from typing import Any
 
-from serving.cli.arguments import Subparsers, redis_url_option, repo_option
+from serving.cli.arguments import (
+    Subparsers,
+    future_skew_option,
+    redis_url_option,
+    repo_option,
+)
 
 
 def add(commands: Subparsers) -> None:
@@ -38,6 +43,7 @@ def add(commands: Subparsers) -> None:
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
     )
     p.add_argument("--metrics-host", default="127.0.0.1", help="their address (127.0.0.1)")
+    future_skew_option(p)
     redis_url_option(p)
     p.set_defaults(run=run)
 
@@ -55,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         batch=args.batch,
         claim_idle_ms=args.claim_idle_ms,
     )
+    ingester.pusher.max_future_skew_s = args.max_future_skew_s
 
     if args.metrics_port is not None:
         from serving.errors import UsageError

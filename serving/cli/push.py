@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.cli.arguments import Subparsers, redis_url_option, repo_option
+from serving.cli.arguments import Subparsers, future_skew_option, redis_url_option, repo_option
 
 TARGETS = ("online", "offline", "online_and_offline")
 
@@ -21,6 +21,7 @@ def add(commands: Subparsers) -> None:
     p.add_argument(
         "--to", choices=TARGETS, default="online", help="online (default), offline or both"
     )
+    future_skew_option(p)
     redis_url_option(p)
     p.set_defaults(run=run)
 
@@ -28,7 +29,14 @@ def add(commands: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from serving.ingest.push import PushTarget, push_file
 
-    result = push_file(args.repo, args.source, args.input, PushTarget(args.to), args.redis_url)
+    result = push_file(
+        args.repo,
+        args.source,
+        args.input,
+        PushTarget(args.to),
+        args.redis_url,
+        max_future_skew_s=args.max_future_skew_s,
+    )
     target = PushTarget(args.to)
     if target.online:
         print(

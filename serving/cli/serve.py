@@ -8,6 +8,7 @@ from pathlib import Path
 from serving.cli.arguments import (
     Subparsers,
     count,
+    future_skew_option,
     redis_url_option,
     registry_option,
     repo_option,
@@ -21,6 +22,7 @@ def add(commands: Subparsers) -> None:
     repo_option(p)
     registry_option(p)
     redis_url_option(p)
+    future_skew_option(p)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
     p.add_argument(
         "--port", type=count, default=50051, help="gRPC port, 0 = any (default: %(default)s)"
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         score_without_store=frozenset(args.score_without_store),
         store_budget_ms=args.store_budget_ms,
         feature_cache_entries=args.feature_cache_entries,
+        max_future_skew_s=args.max_future_skew_s,
         prediction_log=args.prediction_log,
         log_sample_rate=args.log_sample_rate,
         log_retention_hours=args.log_retention_hours,

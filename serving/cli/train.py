@@ -30,7 +30,13 @@ def add(commands: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.cli.card_text import metrics_table, rows_text, total_rows, window_text
+    from serving.cli.card_text import (
+        comparison_lines,
+        metrics_table,
+        rows_text,
+        total_rows,
+        window_text,
+    )
     from serving.models.registry import ModelRegistry
     from serving.repo.model_kinds import model_kind
     from serving.training.train import train
@@ -56,6 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {line}")
     for baseline in spec.baselines:
         print(f"  {baseline.name}: {baseline.description}")
+    for other in spec.compare_with:
+        print(f"  {other.feature_service}: the same LightGBM on {other.description}, same rows")
+    for line in comparison_lines(
+        card, {c.feature_service: c.description for c in spec.compare_with}
+    ):
+        print(line)
     first = " (first version: production automatically)" if reg.alias == "production" else ""
     print(f"registered {reg.name}:{reg.version} as {reg.name}@{reg.alias}{first} -> {reg.path}")
     if args.engine == "ray":

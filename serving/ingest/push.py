@@ -415,6 +415,7 @@ def push_file(
     path: Path,
     to: PushTarget = PushTarget.ONLINE,
     redis_url: str | None = None,
+    max_future_skew_s: float = MAX_FUTURE_SKEW_S,
 ) -> PushResult:
     """`carrara push`: the rows of a Parquet file (the push source's columns, its timestamp
     field a timestamp column) pushed as the Push RPC pushes them."""
@@ -431,7 +432,7 @@ def push_file(
     columns = {name: _file_column(table, column, path) for name, column in wanted}
     store = OnlineStore(redis_settings(repo, redis_url), plan.project) if to.online else None
     try:
-        return Pusher(plan, repo, store).push(source, columns, to)
+        return Pusher(plan, repo, store, max_future_skew_s).push(source, columns, to)
     finally:
         if store is not None:
             store.close()

@@ -65,8 +65,10 @@ class Predictor:
         registry: ModelRegistry,
         metrics: ServerMetrics,
         fallbacks: Mapping[str, StoreFallback] | None = None,  # by model name
+        max_future_skew_s: float = 300.0,  # pushes: see serving/ingest/push.py
     ) -> None:
         self.plan = plan
+        self._max_future_skew_s = max_future_skew_s
         self._fallbacks = dict(fallbacks or {})
         self._repo = repo
         self._store = store
@@ -172,7 +174,7 @@ class Predictor:
 
     def pusher(self) -> Pusher:
         """Pushes against the current plan and this server's online store."""
-        return Pusher(self.plan, self._repo, self._store)
+        return Pusher(self.plan, self._repo, self._store, self._max_future_skew_s)
 
     def lookup(self, feature_service: str | None, refs: Sequence[str]) -> FeatureLookup:
         key = (feature_service or "", tuple(refs))

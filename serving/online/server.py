@@ -89,6 +89,7 @@ class ServerSettings:
     score_without_store: frozenset[str] = frozenset()
     store_budget_ms: float | None = None
     feature_cache_entries: int = 0  # Redis keys cached in process (feature_cache.py); 0: off
+    max_future_skew_s: float = 300.0  # a pushed event may be this far ahead of the clock
     prediction_log: Path | None = None  # the prediction log's folder; None: no log
     log_sample_rate: float = 1.0  # share of Predict calls logged (and fed to drift)
     log_retention_hours: float | None = None  # hour partitions kept; None: all
@@ -120,6 +121,7 @@ class Server:
             ModelRegistry(settings.registry),
             self.metrics,
             fallbacks=_fallbacks(settings),
+            max_future_skew_s=settings.max_future_skew_s,
         )
         try:
             self.predictor.load_all()

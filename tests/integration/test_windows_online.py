@@ -383,3 +383,19 @@ def test_the_push_rpc_feeds_windows_that_get_online_features_serves(
     by_name = {c.name: c for c in served.features}
     assert {n.split("__")[-1]: python_values(by_name[n])[0] for n in by_name} == values
     assert all(c.event_timestamps_us[0] == as_of for c in served.features)  # its age
+
+
+def test_events_from_beyond_the_allowed_skew_are_dead_lettered_with_the_reason(
+    repo: Path, plan: ServingPlan, client: Any, redis_url: str
+) -> None:
+    now_us = int(time.time() * 1e6)
+    for zone, ahead_s in ((1, 1), (2, 3_600)):
+        row = {"zone_id": zone, "event_timestamp": now_us + ahead_s * 1_000_000, "trips": 1}
+        client.xadd(STREAM, {b"source": b"zone_events", b"row": json.dumps(row).encode()})
+    ingester = ingest(repo, STREAM, redis_url, consumer="a")
+    ingester.pusher.max_future_skew_s = 60
+    stats = ingester.run(idle_exit=True)
+    assert (stats.events, stats.written, stats.dead) == (2, 1, 1)
+    [(_, dead)] = client.xrange(STREAM + ":dead")
+    assert b"more than 60 s in the future" in dead[b"reason"]
+    assert stored(client, plan.feature_views[VIEW], 1)[0]["sum_trips_60s"] == 1
