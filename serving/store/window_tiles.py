@@ -20,9 +20,13 @@ after a crash (or claimed from a dead consumer) is never counted twice: the effe
 once. Mode "push" applies every event (a Push call); mode "tick" applies none and recomputes.
 
 After applying, every touched entity's windows are recomputed as of A = max(stored as-of,
-newest applied event, the caller's clock), tiles older than the longest window are dropped,
-and the values written. Numbers travel as decimal text: sums are kept with HINCRBYFLOAT
-(exact for integers below 2^53), min/max with 17 significant digits.
+newest applied event, the caller's clock); tiles older than the longest window are dropped.
+Sums and counts are kept per aggregation as running values moved tile by tile (this call's
+events inside the old window added, the tiles that left the window subtracted, those that
+entered added: a few fields per move instead of every tile), and summed afresh from the tiles
+after a move longer than the window; min and max read their window's tiles. Numbers travel
+as decimal text: tile sums are kept with HINCRBYFLOAT (exact for integers below 2^53),
+running values, min and max with 17 significant digits (a double exactly).
 """
 
 from __future__ import annotations
