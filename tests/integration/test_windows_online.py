@@ -32,7 +32,7 @@ from serving.repo.plan import FeatureViewPlan, ServingPlan
 from serving.repo.windows import window_tiles
 from serving.store import codec
 from serving.store.online_store import OnlineStore
-from serving.store.redis_process import RedisProcess
+from serving.store.redis_process import RedisProcess, private_redis
 from serving.store.settings import redis_settings
 from tests.helpers import wait_until
 
@@ -399,3 +399,40 @@ def test_events_from_beyond_the_allowed_skew_are_dead_lettered_with_the_reason(
     [(_, dead)] = client.xrange(STREAM + ":dead")
     assert b"more than 60 s in the future" in dead[b"reason"]
     assert stored(client, plan.feature_views[VIEW], 1)[0]["sum_trips_60s"] == 1
+
+
+def test_redis_killed_and_restarted_mid_stream_loses_and_doubles_nothing(
+    repo: Path, plan: ServingPlan, tmp_path: Path
+) -> None:
+    """With the AOF on (fsync always), a Redis killed mid-stream comes back with its stream,
+    group and tiles as of its last reply; the ingester waits it out and carries on."""
+    view = plan.feature_views[VIEW]
+    events = random_events(random.Random(13), int(time.time() * 1e6), 4_000)
+    durable = ["--appendonly", "yes", "--appendfsync", "always"]
+    with private_redis(tmp_path / "redis", extra_args=durable) as server:
+        own = redis.Redis.from_url(server.url)
+        pipe = own.pipeline(transaction=False)
+        for zone, ts, trips, fare in events:
+            row = {"zone_id": zone, "event_timestamp": ts, "trips": trips, "fare": fare}
+            pipe.xadd(STREAM, {b"source": b"zone_events", b"row": json.dumps(row).encode()})
+        pipe.execute()
+        ingester = ingest(repo, STREAM, server.url, consumer="a", batch=50)
+        done: list[Any] = []
+        worker = threading.Thread(target=lambda: done.append(ingester.run(idle_exit=True)))
+        worker.start()
+        try:
+            wait_until(lambda: acknowledged(own) >= 800, 60, what="800 entries ingested")
+            assert server.process is not None
+            server.process.kill()  # SIGKILL: no shutdown save, the AOF is what is left
+            server.process.wait(timeout=30)
+            server.start()
+            worker.join(timeout=120)
+        finally:
+            ingester.stop.set()
+            worker.join(timeout=30)
+        assert done, "the ingester did not finish"
+        assert done[0].reconnects > 0
+        assert own.xpending(STREAM, "carrara")["pending"] == 0
+        assert acknowledged(own) == len(events)
+        assert_matches(own, view, events)
+        own.close()
