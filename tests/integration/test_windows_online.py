@@ -410,7 +410,7 @@ def test_redis_killed_and_restarted_mid_stream_loses_and_doubles_nothing(
     events = random_events(random.Random(13), int(time.time() * 1e6), 4_000)
     durable = ["--appendonly", "yes", "--appendfsync", "always"]
     with private_redis(tmp_path / "redis", extra_args=durable) as server:
-        own = redis.Redis.from_url(server.url)
+        own: Any = redis.Redis.from_url(server.url)
         pipe = own.pipeline(transaction=False)
         for zone, ts, trips, fare in events:
             row = {"zone_id": zone, "event_timestamp": ts, "trips": trips, "fare": fare}
