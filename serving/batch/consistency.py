@@ -12,6 +12,11 @@ Invariants:
 - The same version on both sides: the offline model is the version the server replied with.
 - Exact equality, NaN (missing) equal to NaN; Float32 features compare as float32, the
   precision the online store keeps. Predictions compare exactly.
+- Except a windowed view's float outputs (sum, mean, min, max over events of a float column,
+  serving/repo/windows.py): online sums tile by tile in the order events arrived, offline
+  pairwise over the window, so they agree up to summation order: a relative tolerance of 1e-9
+  (Float32 outputs: one float32 step, 2**-23, as both round a near-equal double). Integer
+  outputs (counts, integer sums, min and max) still compare exactly.
 - Time: the offline vector is computed as of the moment the request was sent and as of the
   moment the reply came back; a value differs only when it differs from both, so a ttl
   boundary crossed during the round trip is not reported as skew.
@@ -29,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.batch.offline_model import OfflineModel, build_offline_model
+from serving.batch.offline_model import OfflineModel, WindowJoin, build_offline_model
 from serving.batch.score_input import InputChunk, InputSpec, check_schema, to_chunk
 from serving.errors import CarraraError, DataError, ModelError, NotFoundError, UsageError
 from serving.models.registry import ModelRegistry
@@ -195,7 +200,10 @@ def _compare(
         for t in times_ns
     ]
     float32 = np.array([model.card.feature_types[r] == "Float32" for r in model.feature_names])
-    differs = np.logical_and.reduce([~_equal(online, end.features, float32) for end in at_ends])
+    tolerance = window_tolerance(model)
+    differs = np.logical_and.reduce(
+        [~_equal(online, end.features, float32, tolerance) for end in at_ends]
+    )
     pred_differs = np.logical_and.reduce(
         [~_equal(online_pred, end.predictions, np.bool_(False)) for end in at_ends]
     )
@@ -227,12 +235,37 @@ def _compare(
     return out
 
 
-def _equal(a: np.ndarray, b: np.ndarray, as_float32: np.ndarray | np.bool_) -> np.ndarray:
-    """Elementwise equality, NaN equal to NaN; columns flagged in `as_float32` as float32."""
+WINDOW_RTOL = 1e-9
+WINDOW_RTOL_FLOAT32 = 2.0**-23
+
+
+def window_tolerance(model: OfflineModel) -> np.ndarray:
+    """The relative tolerance of each model input: 0 (exact) but for a windowed float output."""
+    tolerance = np.zeros(len(model.feature_names))
+    for join in model.joins:
+        if isinstance(join, WindowJoin):
+            for position, dtype in zip(join.positions, join.dtypes, strict=True):
+                if dtype == "Float64":
+                    tolerance[position] = WINDOW_RTOL
+                elif dtype == "Float32":
+                    tolerance[position] = WINDOW_RTOL_FLOAT32
+    return tolerance
+
+
+def _equal(
+    a: np.ndarray,
+    b: np.ndarray,
+    as_float32: np.ndarray | np.bool_,
+    rtol: np.ndarray | float = 0.0,
+) -> np.ndarray:
+    """Elementwise equality, NaN equal to NaN; columns flagged in `as_float32` as float32;
+    within `rtol` (relative, per column) where it is not 0."""
     with np.errstate(over="ignore"):  # only flagged columns are kept, and they fit
         a = np.where(as_float32, a.astype(np.float32).astype(np.float64), a)
         b = np.where(as_float32, b.astype(np.float32).astype(np.float64), b)
-    equal: np.ndarray = (a == b) | (np.isnan(a) & np.isnan(b))
+    with np.errstate(invalid="ignore"):  # inf - inf: not close, unless equal
+        close = np.abs(a - b) <= rtol * np.maximum(np.abs(a), np.abs(b))
+    equal: np.ndarray = (a == b) | (np.isnan(a) & np.isnan(b)) | close
     return equal
 
 

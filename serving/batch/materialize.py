@@ -198,8 +198,9 @@ def _absent_after_nothing_written(
 
 
 def select_views(plan: ServingPlan, names: Sequence[str] | None) -> list[FeatureViewPlan]:
-    """The named views (by default every online, enabled view, as `feast materialize`), each
-    checked by its definition; unsupported constructs elsewhere are logged as warnings."""
+    """The named views (by default every online, enabled view, as `feast materialize`, but
+    windowed ones), each checked by its definition; unsupported constructs elsewhere are logged
+    as warnings."""
     if names:
         unknown = [n for n in names if n not in plan.feature_views]
         plan.require_supported(unknown, MATERIALIZE)  # e.g. an on-demand view it cannot write
@@ -211,7 +212,10 @@ def select_views(plan: ServingPlan, names: Sequence[str] | None) -> list[Feature
             if not view.online:
                 raise UsageError(f"feature view {view.name!r} is not online (online=False)")
     else:
-        chosen = [v for v in plan.feature_views.values() if v.online and v.enabled]
+        # A windowed view's online values are kept from pushed events (ingest), not its source.
+        chosen = [
+            v for v in plan.feature_views.values() if v.online and v.enabled and not v.windowed
+        ]
         written_on_demand = {
             u.view
             for u in plan.unsupported

@@ -28,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ import pyarrow.parquet as pq
 
 from serving.errors import DataError
 from serving.repo.plan import DUMMY_ENTITY_ID, FeatureViewPlan
+from serving.repo.windows import source_files as source_files  # shared: the events reader
 
 EVENT_TS = "__event_timestamp"
 CREATED_TS = "__created_timestamp"
@@ -91,22 +91,6 @@ class SourceColumns:
         if self.created_ts:
             out[self.created_ts] = CREATED_TS
         return out
-
-
-def source_files(view: FeatureViewPlan, repo: Path) -> list[str]:
-    """The Parquet files of the view's source; relative paths are relative to the repo."""
-    if view.source is None:
-        raise DataError(f"feature view {view.name!r} has no Parquet (file) batch source")
-    raw = view.source.path
-    path = raw if "://" in raw or Path(raw).is_absolute() else str(repo / raw)
-    try:
-        if "://" not in path and Path(path).is_file():
-            return [path]
-        import pyarrow.dataset as ds  # a folder or a URI; this import pulls pandas (0.3 s)
-
-        return sorted(ds.dataset(path, format="parquet").files)
-    except (OSError, pa.ArrowException) as exc:
-        raise DataError(f"feature view {view.name!r}: cannot read source {path}: {exc}") from exc
 
 
 def may_hold_nulls(view: FeatureViewPlan, files: list[str], feature: str) -> bool:

@@ -18,6 +18,11 @@ probe with two versions of one event time it returned the older version for one 
 and the newer for another. Here the latest created always wins: Feast's documented rule and
 what `carrara materialize` (parquet_source.py) puts online.
 
+A windowed view (a stream feature view with aggregations) has no such rows: its source holds
+raw events, and its values as of t are windows over them (`load_windows`, `windows_at`;
+serving/repo/windows.py defines them). The source readers of both are windows.py's
+(`read_source`): the repo layer's training retrieval reads events too.
+
 Invariants: the table holds every source row of the columns asked for (feature tables fit
 in memory; entity rows are what streams); rows are sorted by (key id, event time, created)
 and a lookup is vectorised: key ids by hashing (`pyarrow.compute.index_in`), one
@@ -37,15 +42,22 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from serving.batch.parquet_source import SourceColumns, source_files
+from serving.batch.parquet_source import SourceColumns
 from serving.errors import DataError
 from serving.repo.plan import FeatureViewPlan
+from serving.repo.windows import (
+    WindowIndex,
+    combine_keys,
+    key_column,
+    read_events,
+    read_source,
+    window_index,
+    window_values,
+)
 
 NS_PER_S = 1_000_000_000
 NEVER = np.iinfo(np.int64).max  # the created time of a row that is never visible
-_KEY_TYPES = {"Int64": pa.int64(), "Int32": pa.int64(), "String": pa.string()}
 
 Ids = npt.NDArray[np.int64]
 
@@ -72,7 +84,7 @@ class FeatureTable:
 
     def key_ids_of(self, keys: Sequence[Any]) -> Ids:
         """The key id of each entity row (columns in `join_keys` order); -1 when unknown."""
-        combined = _combine(keys, self.key_values)
+        combined = combine_keys(keys, self.key_values)
         at = np.searchsorted(self.distinct_keys, combined)
         at = np.minimum(at, max(len(self.distinct_keys) - 1, 0))
         found = (combined >= 0) & (self.distinct_keys[at] == combined) if self.rows else False
@@ -113,14 +125,19 @@ class FeatureTable:
 
 def load_feature_table(view: FeatureViewPlan, repo: Path, features: Sequence[str]) -> FeatureTable:
     """The view's source rows with `features` (view names), indexed for lookups."""
+    if view.windowed:
+        raise DataError(
+            f"feature view {view.name!r} is windowed: its source holds events, not features "
+            "(join it with load_windows)"
+        )
     source = SourceColumns.of(view)
     for name in features:
         view.feature(name)  # PlanError when the view has no such feature
     table = _read_source(view, repo, source, features)
     table = table.filter(_usable(table, view))
-    key_columns = [_key_column(table, key.name, key.dtype, view.name) for key in view.join_keys]
+    key_columns = [key_column(table, key.name, key.dtype, view.name) for key in view.join_keys]
     key_values = tuple(pc.unique(column) for column in key_columns)
-    combined = _combine(key_columns, key_values)
+    combined = combine_keys(key_columns, key_values)
     distinct_keys = np.unique(combined)
     key_ids = np.searchsorted(distinct_keys, combined).astype(np.int64)
     event_ns = timestamp_ns(table["__event"])
@@ -146,6 +163,19 @@ def load_feature_table(view: FeatureViewPlan, repo: Path, features: Sequence[str
     )
 
 
+def load_windows(view: FeatureViewPlan, repo: Path) -> WindowIndex:
+    """A windowed view's events, indexed for windows as of entity rows (windows.py)."""
+    return window_index(view, read_events(view, repo))
+
+
+def windows_at(
+    index: WindowIndex, keys: Sequence[Any], at_ns: Ids, features: Sequence[str]
+) -> pa.Table:
+    """`features` of a windowed view per entity row as of `at_ns` (int64 ns, UTC): the
+    window as of the row's microsecond (an event at most at_ns is at most its floor)."""
+    return window_values(index, keys, np.asarray(at_ns, dtype=np.int64) // 1_000, features)
+
+
 def _read_source(
     view: FeatureViewPlan, repo: Path, source: SourceColumns, features: Sequence[str]
 ) -> pa.Table:
@@ -154,29 +184,7 @@ def _read_source(
     wanted["__event"] = source.event_ts
     if source.created_ts:
         wanted["__created"] = source.created_ts
-    parts = []
-    for path in source_files(view, repo):
-        try:
-            schema = pq.read_schema(path)
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read Parquet file {path}: {exc}") from exc
-        for name, raw in wanted.items():
-            if raw not in schema.names:
-                raise DataError(f"{path}: no column {raw!r} (feature view {view.name!r}, {name})")
-        for name in ("__event", "__created"):
-            if name in wanted and not pa.types.is_timestamp(schema.field(wanted[name]).type):
-                raise DataError(f"{path}: column {wanted[name]!r} is not a timestamp")
-        try:
-            part = pq.read_table(path, columns=list(dict.fromkeys(wanted.values())))
-        except (OSError, pa.ArrowException) as exc:
-            raise DataError(f"cannot read Parquet file {path}: {exc}") from exc
-        parts.append(pa.table({name: part[raw] for name, raw in wanted.items()}))
-    if not parts:
-        raise DataError(f"feature view {view.name!r}: its source has no Parquet files")
-    try:
-        return pa.concat_tables(parts, promote_options="permissive")
-    except pa.ArrowException as exc:
-        raise DataError(f"feature view {view.name!r}: source files disagree: {exc}") from exc
+    return read_source(view, repo, wanted, timestamps=("__event", "__created"))
 
 
 def _usable(table: pa.Table, view: FeatureViewPlan) -> pa.Array:
@@ -185,32 +193,6 @@ def _usable(table: pa.Table, view: FeatureViewPlan) -> pa.Array:
     for key in view.join_keys:
         mask = pc.and_(mask, pc.is_valid(table[key.name]))
     return mask
-
-
-def _key_column(table: pa.Table, name: str, dtype: str, view: str) -> pa.Array:
-    target = _KEY_TYPES.get(dtype)
-    if target is None:
-        raise DataError(
-            f"feature view {view!r}: join key {name!r} of type {dtype} is not supported"
-        )
-    try:
-        return pc.cast(table[name], target).combine_chunks()
-    except pa.ArrowException as exc:
-        raise DataError(f"feature view {view!r}: join key {name!r} is not {dtype}: {exc}") from exc
-
-
-def _combine(keys: Sequence[Any], key_values: Sequence[pa.Array]) -> Ids:
-    """One int64 code per key tuple (mixed radix of per-column codes); -1 if any is unknown."""
-    combined = np.zeros(len(keys[0]) if keys else 0, dtype=np.int64)
-    unknown = np.zeros(len(combined), dtype=np.bool_)
-    for column, values in zip(keys, key_values, strict=True):
-        array = column if isinstance(column, pa.Array | pa.ChunkedArray) else pa.array(column)
-        codes = pc.index_in(pc.cast(array, values.type), value_set=values)
-        unknown |= codes.is_null().to_numpy(zero_copy_only=False)
-        filled = pc.fill_null(codes, 0).to_numpy(zero_copy_only=False).astype(np.int64)
-        combined = combined * max(len(values), 1) + filled
-    combined[unknown] = -1
-    return combined
 
 
 def timestamp_ns(column: Any, null: int = NEVER) -> Ids:

@@ -14,6 +14,14 @@ losing entity rows, both handled here so training and batch scoring see every ro
 
 Both losses are silent in Feast, so the result is checked: exactly one row per input row.
 
+Windowed views (stream feature views with aggregations) are beyond Feast here: their batch
+source holds raw events, not the aggregations' columns. A service reading one is retrieved one
+projection at a time: a windowed projection's columns are its windows as of each row's
+`event_timestamp` (serving/repo/windows.py, the definition the online store keeps), the other
+views' come from Feast as above, and an on-demand view is computed by its Feast transform over
+the columns of the views it reads (windowed ones included, whether the service lists them or
+not).
+
 Always `filter_by_created_timestamp=True`: a feature row created after the entity row's time
 (a late backfill) is not seen, as the online store could not have held it then. Feast is
 imported inside `historical_features` only: the import takes seconds.
@@ -33,7 +41,8 @@ import pyarrow as pa
 
 from serving.errors import DataError
 from serving.repo.compile import feast_context
-from serving.repo.plan import Projection, ServingPlan
+from serving.repo.plan import FeatureViewPlan, Projection, ServingPlan
+from serving.repo.windows import WindowIndex, event_us, read_events, window_index, window_values
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +78,17 @@ def historical_features(
         from feast import FeatureStore
 
         store = FeatureStore(repo_path=str(repo))
-        found = _fetch(store, store.get_feature_service(service), unique, key_sets, progress)
-        found = found[refs]
+        windows = Windows(repo, plan)
+        if any(windows.reads_windows(p) for p in projections):
+            found = _by_projection(store, plan, projections, unique, windows)[refs]
+            progress(len(unique))
+        else:
+            found = _fetch(store, store.get_feature_service(service), unique, key_sets, progress)
+            found = found[refs]
         lost = unique[~unique[ROW_ID].isin(found.index)]
         if len(lost):
             log.info("%d rows have no feature row inside some view's ttl", len(lost))
-            found = pd.concat([found, _by_projection(store, plan, projections, lost)])
+            found = pd.concat([found, _by_projection(store, plan, projections, lost, windows)])
     progress(len(inputs) - len(unique))  # duplicates, copied below
     result = found.sort_index().infer_objects()
     if len(result) != len(unique) or not result.index.is_unique:
@@ -114,36 +128,96 @@ def _fetch(
     return pd.concat(parts).set_index(ROW_ID)
 
 
+class Windows:
+    """Windowed views' values as of entity rows; each view's events are read once."""
+
+    def __init__(self, repo: Path, plan: ServingPlan) -> None:
+        self.repo, self.plan = repo, plan
+        self._indexes: dict[str, WindowIndex] = {}
+
+    def windowed(self, view: str) -> FeatureViewPlan | None:
+        found = self.plan.feature_views.get(view)
+        return found if found is not None and found.windowed else None
+
+    def reads_windows(self, projection: Projection) -> bool:
+        """A windowed view's projection, or an on-demand view reading one."""
+        odfv = self.plan.on_demand_views.get(projection.view)
+        sources = odfv.sources if odfv is not None else (projection,)
+        return any(self.windowed(source.view) for source in sources)
+
+    def columns(self, projection: Projection, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """`projection__feature` columns as of each row's TIMESTAMP; a feature that is no
+        aggregation of the view is null."""
+        view = self.windowed(projection.view)
+        assert view is not None
+        index = self._indexes.get(view.name)
+        if index is None:
+            index = self._indexes[view.name] = window_index(view, read_events(view, self.repo))
+        keys = [pa.array(rows[c]) for c in _keys(self.plan, projection)]
+        at_us = event_us(pa.array(pd.to_datetime(rows[TIMESTAMP], utc=True)))
+        names = [a.name for a in view.aggregations if a.name in projection.features]
+        table = window_values(index, keys, at_us, names)
+        return {
+            f"{projection.name}__{f}": (
+                table[f].to_pandas().to_numpy() if f in names else np.full(len(rows), None)
+            )
+            for f in projection.features
+        }
+
+
 def _by_projection(
-    store: Any, plan: ServingPlan, projections: Sequence[Projection], lost: pd.DataFrame
+    store: Any,
+    plan: ServingPlan,
+    projections: Sequence[Projection],
+    lost: pd.DataFrame,
+    windows: Windows,
 ) -> pd.DataFrame:
-    """Rows the whole service dropped, one projection at a time; null where one drops them.
+    """Rows the whole service dropped (or every row, for a service reading windows), one
+    projection at a time; null where one drops them.
 
     A view projection is asked for through its view's own name (`zone_stats:open_requests`)
     with the renamed join keys copied back to the view's key columns: the same view, ttl and
-    source as the projection, in a form Feast accepts outside a feature service. An on-demand
-    projection is then computed by Feast's own transform over the rows (and the view features
-    fetched just before): what Feast's retrieval runs after its joins.
+    source as the projection, in a form Feast accepts outside a feature service; a windowed
+    one is computed (`Windows`). An on-demand projection is then computed by Feast's own
+    transform over the rows and the features of the views it reads (fetched before, or now):
+    what Feast's retrieval runs after its joins.
     """
     columns: dict[str, np.ndarray] = {}
     for projection in sorted(projections, key=lambda p: p.view not in plan.feature_views):
         if projection.view in plan.feature_views:
-            view_keys = [k.name for k in plan.feature_views[projection.view].join_keys]
-            frame = lost[[TIMESTAMP, ROW_ID]].assign(
-                **{k: lost[c] for k, c in zip(view_keys, _keys(plan, projection), strict=True)}
-            )
-            refs = [f"{projection.view}:{f}" for f in projection.features]
-            part = _fetch(store, refs, frame, [(TIMESTAMP, *view_keys)], lambda _rows: None)
-            part = part.reindex(lost[ROW_ID])
-            prefix = projection.view
-        else:
-            odfv = store.get_on_demand_feature_view(projection.view)
-            table = pa.Table.from_pandas(lost.assign(**columns), preserve_index=False)
-            part = odfv.transform_arrow(table, full_feature_names=True).to_pandas()
-            prefix = odfv.projection.name_to_use()
+            columns.update(_view_columns(store, plan, projection, lost, windows))
+            continue
+        odfv = store.get_on_demand_feature_view(projection.view)
+        inputs = dict(columns)
+        odfv_plan = plan.on_demand_views.get(projection.view)
+        for source in odfv_plan.sources if odfv_plan is not None else ():
+            if any(f"{source.name}__{f}" not in inputs for f in source.features):
+                inputs = {**_view_columns(store, plan, source, lost, windows), **inputs}
+        table = pa.Table.from_pandas(lost.assign(**inputs), preserve_index=False)
+        part = odfv.transform_arrow(table, full_feature_names=True).to_pandas()
+        prefix = odfv.projection.name_to_use()
         for feature in projection.features:
             columns[f"{projection.name}__{feature}"] = part[f"{prefix}__{feature}"].to_numpy()
     return pd.DataFrame(columns, index=pd.Index(lost[ROW_ID], name=ROW_ID))
+
+
+def _view_columns(
+    store: Any, plan: ServingPlan, projection: Projection, rows: pd.DataFrame, windows: Windows
+) -> dict[str, np.ndarray]:
+    """A feature-view projection's `projection__feature` columns for `rows` (ROW_ID order)."""
+    if windows.windowed(projection.view):
+        return windows.columns(projection, rows)
+    view_keys = [k.name for k in plan.feature_views[projection.view].join_keys]
+    frame = rows[[TIMESTAMP, ROW_ID]].assign(
+        **{k: rows[c] for k, c in zip(view_keys, _keys(plan, projection), strict=True)}
+    )
+    refs = [f"{projection.view}:{f}" for f in projection.features]
+    part = _fetch(store, refs, frame, [(TIMESTAMP, *view_keys)], lambda _rows: None)
+    part = part.reindex(rows[ROW_ID])
+    return {
+        f"{projection.name}__{f}": part[f"{projection.view}__{f}"].to_numpy()
+        for f in projection.features
+    }
 
 
 def _calls(frame: pd.DataFrame, key_sets: list[tuple[str, ...]]) -> Iterator[pd.DataFrame]:
