@@ -11,9 +11,10 @@ so a window covers between W - hop_s and W seconds of event time (Feast's sawtoo
 Values over no event: sum 0, count 0, mean/min/max null. A null input is skipped (count counts
 non-null values). Every value is null (missing) where the online store holds none: an entity
 with no event at or before A, or (ttl > 0) whose windows emptied more than ttl before A (online,
-events and ticks write the values until the windows empty, after which they age out). Online (serving/store/window_tiles.py), A is the newest of: the previous
-as-of, the newest event applied and the writer's clock; the Feast hash's `_ts:<view>` says A,
-so the value read online is checkable offline as of its own timestamp.
+events and ticks write the values until the windows empty, after which they age out).
+Online (serving/store/window_tiles.py), A is the newest of: the previous as-of, the newest
+event applied and the writer's clock; the Feast hash's `_ts:<view>` says A, so the value read
+online is checkable offline as of its own timestamp.
 """
 
 from __future__ import annotations
