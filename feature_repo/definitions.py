@@ -5,13 +5,27 @@ A plain Feast repository (`feast apply` works on it). Feature tables are Parquet
 import) so Carrara's server runs the very same functions online. Feast rebuilds a python-mode
 on-demand function from its source text, so each body imports `transforms` itself; the folder
 of this file must be on `sys.path` when Feast runs them (Carrara's commands see to that).
+
+`zone_activity` is a stream feature view: sums of a zone's raw events (trip requests, drivers
+becoming available) over the last 1, 5 and 15 minutes, kept online from pushed events (Push,
+`carrara ingest`) and computed offline from the same events in its batch source.
 """
 
 from datetime import timedelta
 from typing import Any
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, RequestSource
+from feast import (
+    Entity,
+    FeatureService,
+    FeatureView,
+    Field,
+    FileSource,
+    PushSource,
+    RequestSource,
+)
+from feast.aggregation import Aggregation
 from feast.on_demand_feature_view import on_demand_feature_view
+from feast.stream_feature_view import StreamFeatureView
 from feast.types import Float32, Float64, Int64, String
 from feast.value_type import ValueType
 
@@ -89,6 +103,42 @@ route_stats = FeatureView(
     description="Zone-to-zone trip statistics over the trailing 7 days, daily.",
 )
 
+zone_events = PushSource(
+    name="zone_events",
+    batch_source=FileSource(
+        name="zone_events_source",
+        path="data/zone_events.parquet",
+        timestamp_field="event_timestamp",
+    ),
+    description="Raw zone events: one row per trip request or driver becoming available.",
+)
+
+# Feast's resolved names: sum_trip_requested_60s, ..., sum_driver_available_900s.
+zone_activity_aggregations = [
+    Aggregation(column=column, function="sum", time_window=timedelta(seconds=window_s))
+    for column in ("trip_requested", "driver_available")
+    for window_s in (60, 300, 900)
+]
+
+zone_activity = StreamFeatureView(
+    name="zone_activity",
+    entities=[zone],
+    ttl=timedelta(minutes=30),
+    source=zone_events,
+    schema=[
+        Field(name="zone_id", dtype=Int64),
+        *(
+            Field(name=a.resolved_name(a.time_window), dtype=Int64)
+            for a in zone_activity_aggregations
+        ),
+    ],
+    aggregations=zone_activity_aggregations,
+    timestamp_field="event_timestamp",
+    enable_tiling=True,
+    tiling_hop_size=timedelta(seconds=10),
+    description="A zone's trip requests and driver arrivals over the last 1, 5 and 15 minutes.",
+)
+
 trip_request = RequestSource(
     name="trip_request",
     schema=[
@@ -131,10 +181,33 @@ def request_time(inputs: dict[str, Any]) -> dict[str, Any]:
     return {k: v.tolist() for k, v in transforms.request_time(inputs).items()}
 
 
+@on_demand_feature_view(
+    sources=[zone_activity],
+    schema=[
+        Field(name="pressure_1m", dtype=Float64),
+        Field(name="pressure_5m", dtype=Float64),
+        Field(name="pressure_15m", dtype=Float64),
+    ],
+    mode="python",
+)
+def zone_pressure(inputs: dict[str, Any]) -> dict[str, Any]:
+    import transforms
+
+    return {k: v.tolist() for k, v in transforms.zone_pressure(inputs).items()}
+
+
 pricing_v1 = FeatureService(
     name="pricing_v1",
     features=[zone_stats, request_time],
     description="Surge multiplier for a zone, now.",
+)
+
+# pricing_v1 with the zone's recent events; pricing_v1 (batch features only) stays, the
+# comparison pricing models are measured against (model_kinds.py).
+pricing_v2 = FeatureService(
+    name="pricing_v2",
+    features=[zone_stats, request_time, zone_activity, zone_pressure],
+    description="Surge multiplier for a zone, now, with the zone's last 1, 5 and 15 minutes.",
 )
 
 # Projections are written inline: bound to a module-level name, Feast's repo scan would see a

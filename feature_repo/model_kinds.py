@@ -1,7 +1,9 @@
 """The model kinds trained on this repository: ETA (trip duration) and pricing (surge).
 
 Each names its feature service, its label table and column, and the naive baselines it must
-beat on the holdout. `carrara train <kind>` reads `MODEL_KINDS`; Feast skips this file
+beat on the holdout. Pricing learns from `pricing_v2` (the zone's last 1, 5 and 15 minutes of
+events beside the 5-minute snapshot) and is compared with the same learner on the batch-only
+`pricing_v1` it replaces. `carrara train <kind>` reads `MODEL_KINDS`; Feast skips this file
 (.feastignore).
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from serving.repo.model_kinds import Baseline, ModelKind
+from serving.repo.model_kinds import Baseline, Comparison, ModelKind
 
 FALLBACK = "; the training mean where missing"
 
@@ -55,11 +57,12 @@ MODEL_KINDS = {
     ),
     "pricing": ModelKind(
         name="pricing",
-        feature_service="pricing_v1",
+        feature_service="pricing_v2",
         label_table="data/surge_observations.parquet",
         label="surge_multiplier",
         baselines=(
             Baseline("last_surge", "the zone's last 15-minute surge" + FALLBACK, last_surge),
         ),
+        compare_with=(Comparison("pricing_v1", "batch-only features"),),
     ),
 }

@@ -40,3 +40,20 @@ def request_time(inputs: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
         "day_of_week": day_of_week,
         "is_weekend": (day_of_week >= 5).astype(np.int64),
     }
+
+
+PRESSURE_WINDOWS = (("1m", 60), ("5m", 300), ("15m", 900))
+
+
+def zone_pressure(inputs: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+    """Trip requests per available driver over each window: trips / (drivers + 1).
+
+    The + 1 keeps a quiet zone finite (no driver arrived: the pressure is the trip count). A
+    missing window (no value for the zone) gives NaN, which LightGBM takes as missing.
+    """
+    out = {}
+    for suffix, window_s in PRESSURE_WINDOWS:
+        trips = np.asarray(inputs[f"sum_trip_requested_{window_s}s"], dtype=np.float64)
+        drivers = np.asarray(inputs[f"sum_driver_available_{window_s}s"], dtype=np.float64)
+        out[f"pressure_{suffix}"] = trips / (drivers + 1.0)
+    return out

@@ -95,6 +95,46 @@ def materialize_world(repo: Path, redis_url: str) -> None:
     start = WORLD_END - timedelta(days=MATERIALIZE_DAYS)
     report = materialize(repo, start, WORLD_END, redis_url=redis_url)
     assert report.written > 0, report
+    push_recent_events(repo, redis_url)
+
+
+def push_recent_events(repo: Path, redis_url: str, chunk: int = 5_000) -> None:
+    """Push the events that windowed views hold as of now or may ever again (those within
+    ttl + the longest window + a tile of now), as `carrara ingest` would have: materialize
+    leaves windowed views alone."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from serving.ingest.push import Pusher, push_columns
+    from serving.repo.compile import ensure_plan
+    from serving.store.online_store import OnlineStore
+    from serving.store.settings import redis_settings
+
+    plan = ensure_plan(repo)
+    windowed = [v for v in plan.feature_views.values() if v.windowed and v.source]
+    store = OnlineStore(redis_settings(repo, redis_url), plan.project)
+    try:
+        pusher = Pusher(plan, repo, store)
+        for source in sorted({v.push_source for v in windowed if v.push_source}):
+            views = plan.push_views(source)
+            reach_s = max((v.ttl_s or 0) + max(a.window_s for a in v.aggregations) + 2 * v.hop_s
+                          for v in views if v.windowed)  # fmt: skip
+            assert views[0].source is not None
+            events = pq.read_table(repo / views[0].source.path)
+            stamp = views[0].source.timestamp_field
+            micros = events[stamp].cast(pa.timestamp("us", "UTC")).cast(pa.int64())
+            cutoff = int((time.time() - reach_s) * 1e6)
+            events = events.filter(pc.greater_equal(micros, cutoff))
+            names = [c.name for c in push_columns(plan, source, events.column_names)]
+            for first in range(0, events.num_rows, chunk):
+                part = events.slice(first, chunk)
+                columns = {n: part[n].to_pylist() for n in names if n != stamp}
+                columns[stamp] = part[stamp].cast(pa.timestamp("us", "UTC")).cast(pa.int64())
+                columns[stamp] = columns[stamp].to_pylist()
+                pusher.push(source, columns)
+    finally:
+        store.close()
 
 
 def raw_redis(url: str) -> Any:

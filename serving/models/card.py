@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,15 +39,24 @@ class ErrorMetrics:
 
 @dataclass(frozen=True)
 class HoldoutMetrics:
-    """The model and each naive baseline on the same holdout rows."""
+    """The model and each naive baseline on the same holdout rows; `comparisons`: the same
+    learner trained on another feature service (by name) over the same rows and split ({} in
+    cards written before comparisons were recorded)."""
 
     rows: int
     model: ErrorMetrics
     baselines: dict[str, ErrorMetrics]
+    comparisons: dict[str, ErrorMetrics] = field(default_factory=dict)
 
     def improvement_pct(self, baseline: str) -> ErrorMetrics:
         """How much lower the model's error is than the baseline's, in percent."""
-        base = self.baselines[baseline]
+        return self.improvement_over(self.baselines[baseline])
+
+    def comparison_improvement_pct(self, service: str) -> ErrorMetrics:
+        """How much lower the model's error is than the learner's on `service`, in percent."""
+        return self.improvement_over(self.comparisons[service])
+
+    def improvement_over(self, base: ErrorMetrics) -> ErrorMetrics:
         return ErrorMetrics(
             mae=100.0 * (base.mae - self.model.mae) / base.mae if base.mae else 0.0,
             rmse=100.0 * (base.rmse - self.model.rmse) / base.rmse if base.rmse else 0.0,
@@ -254,6 +263,7 @@ def _card_from_dict(d: dict[str, Any]) -> ModelCard:
             rows=int(m["rows"]),
             model=_metrics(m["model"]),
             baselines={_str(k): _metrics(v) for k, v in m["baselines"].items()},
+            comparisons={_str(k): _metrics(v) for k, v in m.get("comparisons", {}).items()},
         ),
         data_fingerprint=_str(d["data_fingerprint"]),
         model_sha256=_str(d["model_sha256"]),

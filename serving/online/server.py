@@ -242,10 +242,15 @@ class Server:
         except StoreUnavailableError as exc:
             log.warning("could not check the online store for served views: %s", exc)
             return
+        windowed = {v.name for v in views if v.windowed}
         for absence in absent:
+            writer = (
+                "events are pushed to it"
+                if absence.view in windowed
+                else ("`carrara materialize` writes it")
+            )
             log.warning(
-                "%s; its features are served as missing until `carrara materialize` writes it",
-                absence.describe(),
+                "%s; its features are served as missing until %s", absence.describe(), writer
             )
         if views and not absent:
             log.info("the online store holds every served feature view (%d)", len(views))

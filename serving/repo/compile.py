@@ -19,6 +19,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -97,12 +98,21 @@ def compile_plan(files: RepoFiles) -> ServingPlan:
             if not any(SERVE in u.needed_by for u in found):
                 found += _guarded(odfv, "on-demand feature view", _odfv_plan_into(on_demand_views))
             unsupported += found
+        events_only = _served_only(feature_views)
+        on_demand_views = {
+            name: replace(v, sources=tuple(events_only(p) for p in v.sources))
+            for name, v in on_demand_views.items()
+        }
+        service_plans = [_service_plan(s) for s in services]
         plan = ServingPlan(
             project=files.project,
             registry_fingerprint=fingerprint,
             feature_views=feature_views,
             on_demand_views=on_demand_views,
-            feature_services={s.name: _service_plan(s) for s in services},
+            feature_services={
+                s.name: replace(s, projections=tuple(events_only(p) for p in s.projections))
+                for s in service_plans
+            },
             unsupported=tuple(unsupported),
             entity_key_serialization_version=files.entity_key_serialization_version,
         )
@@ -242,7 +252,6 @@ def _windowed(view: Any, plain: FeatureViewPlan) -> tuple[FeatureViewPlan, list[
     types are the schema's when declared there, else what the function gives (count: Int64;
     mean: Float64; sum, min, max: the input's integer or float kind)."""
     import math
-    from dataclasses import replace
 
     keys = {k.name for k in plain.join_keys}
     declared = {f.name: str(f.dtype) for f in view.features if f.name not in keys}
@@ -496,6 +505,20 @@ def _delegate_target(source: str) -> tuple[str | None, str | None]:
     call = calls[0]
     assert isinstance(call.value, ast.Name)  # narrowed by the filter above
     return call.value.id, call.attr
+
+
+def _served_only(views: dict[str, FeatureViewPlan]) -> Any:
+    """A projection without the event columns a windowed view's schema declares: Feast counts
+    them among its features, but they are the events' columns, never a value of the view."""
+
+    def served(projection: Projection) -> Projection:
+        view = views.get(projection.view)
+        if view is None or not view.windowed:
+            return projection
+        outputs = {f.name for f in view.features}
+        return replace(projection, features=tuple(f for f in projection.features if f in outputs))
+
+    return served
 
 
 def _service_plan(service: Any) -> FeatureServicePlan:

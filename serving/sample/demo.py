@@ -27,6 +27,7 @@ from serving.client import Column, PredictionClient
 from serving.models.registry import ModelRegistry
 from serving.online.server import Server, ServerSettings
 from serving.pb.carrara.v1 import prediction_pb2 as pb
+from serving.sample import live
 from serving.sample.watching import watch
 from serving.store.redis_process import private_redis
 
@@ -64,8 +65,10 @@ def run_demo(settings: DemoSettings) -> int:
         port = server.start()
         try:
             step(f"gRPC server on 127.0.0.1:{port}, ready in {server.build_s:.2f} s")
+            _replay(settings.repo, redis_server.url)
             with PredictionClient(f"127.0.0.1:{port}") as client:
                 _example_requests(client, settings.repo, ModelRegistry(settings.registry))
+                _burst(client)
                 _latency_table(client, settings.repo)
             watch(server, settings.repo, redis_server.url)  # watching.py: log, drift, accuracy
         finally:
@@ -138,16 +141,43 @@ def _examples(repo: Path, rows: int) -> tuple[dict[str, list[int]], dict[str, Co
     return entities, request
 
 
+PRICING_SHOWN = (
+    "zone_activity__sum_trip_requested_60s",
+    "zone_activity__sum_driver_available_60s",
+    "zone_pressure__pressure_1m",
+    "zone_pressure__pressure_5m",
+    "zone_stats__demand_supply_ratio",
+    "zone_stats__surge_15m",
+)
+BURST_ZONE, BURST_REQUESTS = 27, 40
+
+
+def _replay(repo: Path, redis_url: str) -> None:
+    step(
+        f"live: the last {live.REPLAY_MINUTES} minutes of zone events, moved to end now, "
+        f"through the Redis Stream {live.STREAM!r} and `carrara ingest` into zone_activity"
+    )
+    done = live.replay(repo, redis_url)
+    rate = done.events / done.seconds if done.seconds else 0.0
+    print(f"  {done.events:,} events in {done.seconds:.2f} s ({rate:,.0f}/s), {done.dead} dead")
+
+
+def _pricing(client: PredictionClient, zones: list[int]) -> pb.PredictResponse:
+    now = int(time.time())
+    return client.predict("pricing", {"zone_id": zones}, {"request_ts_s": [now] * len(zones)}, True)
+
+
 def _example_requests(client: PredictionClient, repo: Path, registry: ModelRegistry) -> None:
-    step("Predict(pricing): surge multiplier for three zones, now")
-    pricing = client.predict(
-        "pricing", {"zone_id": [0, 27, 63]}, {"request_ts_s": [int(time.time())] * 3}, True
-    )
-    _print_reply(
-        pricing,
-        ("zone_stats__demand_supply_ratio", "zone_stats__surge_15m", "zone_stats__rain_mm"),
-        {},
-    )
+    step("Predict(pricing): surge multiplier for three zones, now (1-minute windows live)")
+    pricing = _pricing(client, [0, BURST_ZONE, 63])
+    _print_reply(pricing, PRICING_SHOWN, {})
+    metrics = registry.card(f"pricing:{pricing.model_version}").metrics
+    for service, other in (metrics.comparisons if metrics else {}).items():
+        assert metrics is not None
+        print(
+            f"  holdout RMSE {metrics.model.rmse:.4f} vs {other.rmse:.4f} for the same learner "
+            f"on {service} (batch features only)"
+        )
     step("Predict(eta): trip duration for two trips")
     entities, request = _examples(repo, 2)
     eta = client.predict("eta", entities, request, return_features=True)
@@ -162,6 +192,21 @@ def _example_requests(client: PredictionClient, repo: Path, registry: ModelRegis
         ),
         registry.card(f"eta:{eta.model_version}").categorical_levels,
     )
+
+
+def _burst(client: PredictionClient) -> None:
+    step(f"Push: {BURST_REQUESTS} trip requests into zone {BURST_ZONE} in the last 30 s")
+    before = _pricing(client, [BURST_ZONE])
+    live.burst(client, BURST_ZONE, BURST_REQUESTS)
+    after = _pricing(client, [BURST_ZONE])
+    shown = PRICING_SHOWN[:3]
+    for label, reply in (("before", before), ("after", after)):
+        names = list(reply.feature_names)
+        row = reply.features[0].values
+        parts = ", ".join(
+            f"{n.split('__')[-1]}={_fmt(row[names.index(n)], None)}" for n in shown if n in names
+        )
+        print(f"  {label:<6} surge {reply.predictions[0]:.3f}  {parts}")
 
 
 def _print_reply(

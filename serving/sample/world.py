@@ -7,10 +7,16 @@ label tables are drawn from the *same* state the feature rows show, as of the la
 - trips: duration depends on road distance, pickup/dropoff traffic, rain, the driver's speed
   and vehicle, so a model beats the route average;
 - surge observations: the realised multiplier follows the zone's current demand/supply ratio
-  and rain, which the lagged `surge_15m` only trails.
+  and rain, which the lagged `surge_15m` only trails, and the zone's trip requests and driver
+  arrivals over the last 1 and 5 minutes, which only the raw events show.
+
+Beside them, `zone_events` holds the raw events (one row per trip request or driver becoming
+available) drawn from the same demand/supply process with bursts of a few minutes that the
+5-minute zone_stats snapshot misses (serving/sample/zone_events.py).
 
 Invariant: same arguments and seed -> byte-identical files. Memory is bounded by one chunk of
-driver rows, whatever `drivers` is; tables are written row group by row group.
+driver rows, whatever `drivers` is, and one chunk of events; tables are written row group by
+row group.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.errors import UsageError
+from serving.sample.zone_events import ZoneRates, event_chunks, recent_activity
 
 SLOT_S = 300  # zone_stats cadence: 5 minutes
 CITY_LAT, CITY_LON = 44.078, 10.097  # Carrara, Tuscany
@@ -35,7 +42,15 @@ VEHICLE_SPEED = np.array([1.0, 1.03, 0.95, 1.18])
 DRIVER_CHUNK = 250_000
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
-TABLES = ("driver_stats", "zone_stats", "route_stats", "trips", "surge_observations")
+TABLES = (
+    "driver_stats",
+    "zone_stats",
+    "route_stats",
+    "trips",
+    "zone_events",
+    "surge_observations",
+)
+EVENTS_PER_ZONE_HOUR = 400  # rough, for the progress bar: the event count is drawn
 
 
 @dataclass(frozen=True)
@@ -72,10 +87,16 @@ class WorldSpec:
 
     @property
     def expected_rows(self) -> int:
+        """Rows of every table; the events' count is an estimate (it is drawn)."""
         zones_rows = self.zones * (self.hours + 1) * 3600 // SLOT_S
         route_rows = self.zones**2 * len(self.route_days)
         return (
-            zones_rows + route_rows + self.drivers * (self.hours + 1) + self.n_trips + self.n_surge
+            zones_rows
+            + route_rows
+            + self.drivers * (self.hours + 1)
+            + self.n_trips
+            + self.n_surge
+            + self.zones * (self.hours + 1) * EVENTS_PER_ZONE_HOUR
         )
 
     @property
@@ -102,6 +123,7 @@ class City:
     center_lon: np.ndarray
     slot_start_s: np.ndarray  # (slots,)
     open_requests: np.ndarray  # (zones, slots)
+    rates: ZoneRates  # expected trip requests and driver arrivals per slot (the events')
     available_drivers: np.ndarray
     ratio: np.ndarray
     wait_s: np.ndarray
@@ -148,6 +170,12 @@ def generate(spec: WorldSpec, progress: Progress | None = None) -> dict[str, int
             _trip_batches(spec, city, drivers, np.random.default_rng([spec.seed, 3])),
             report,
             "trips",
+        ),
+        "zone_events": _write(
+            spec.out / "zone_events.parquet",
+            _event_batches(city, spec.seed),
+            report,
+            "zone_events",
         ),
         "surge_observations": _write(
             spec.out / "surge_observations.parquet",
@@ -238,6 +266,7 @@ def _build_city(spec: WorldSpec, rng: np.random.Generator) -> City:
         center_lon=center_lon,
         slot_start_s=slot_start_s,
         open_requests=open_requests.astype(np.int64),
+        rates=ZoneRates(slot_start_s, demand, supply),
         available_drivers=available.astype(np.int64),
         ratio=ratio,
         wait_s=np.clip(wait_s, 10, None),
@@ -420,8 +449,10 @@ def _surge_batches(spec: WorldSpec, city: City, rng: np.random.Generator) -> Ite
     rain = city.rain_mm[zone, slot]
     hour = (ts % 86_400) // 3600
     rush = np.isin(hour, (7, 8, 17, 18, 19)).astype(np.float64)
+    noise = rng.normal(0, 0.03, n)
     multiplier = 1 + 0.55 * np.maximum(ratio - 0.7, 0) + 0.04 * rain + 0.08 * rush
-    multiplier = np.clip(multiplier + rng.normal(0, 0.03, n), 1.0, 4.0)
+    multiplier += _recent_pressure_premium(city, spec.seed, ts, zone)
+    multiplier = np.clip(multiplier + noise, 1.0, 4.0)
     yield pa.table(
         {
             "zone_id": zone.astype(np.int64),
@@ -430,3 +461,27 @@ def _surge_batches(spec: WorldSpec, city: City, rng: np.random.Generator) -> Ite
             "surge_multiplier": multiplier,
         }
     )
+
+
+def _recent_pressure_premium(city: City, seed: int, ts: np.ndarray, zone: np.ndarray) -> np.ndarray:
+    """The surge engine's reaction to the last minutes: trip requests per available driver
+    over the last 5 minutes and the last minute, as the zone's events show them."""
+    recent = recent_activity(city.rates, seed, ts, zone, (60, 300))
+    pressure_1m = recent.trips[60] / (recent.drivers[60] + 1.0)
+    pressure_5m = recent.trips[300] / (recent.drivers[300] + 1.0)
+    premium: np.ndarray = 0.15 * np.maximum(pressure_5m - 1.0, 0) + 0.05 * np.maximum(
+        pressure_1m - 1.5, 0
+    )
+    return premium
+
+
+def _event_batches(city: City, seed: int) -> Iterator[pa.Table]:
+    for chunk in event_chunks(city.rates, seed):
+        yield pa.table(
+            {
+                "zone_id": chunk.zone_id,
+                "event_timestamp": pa.array(chunk.ts_us, type=pa.int64()).cast(TS_TYPE),
+                "trip_requested": chunk.trip_requested,
+                "driver_available": 1 - chunk.trip_requested,
+            }
+        )

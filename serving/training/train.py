@@ -10,7 +10,9 @@ holdout being the latest slice, so the holdout measures the future the model wil
 Categorical (String) features are encoded as their index in levels fixed from the training
 slice (sorted); an unseen level is NaN, exactly as the server encodes it from the card.
 Baselines that lack an input on a row fall back to the training label mean, stated in the
-baseline's description.
+baseline's description. A kind's `compare_with` services are retrieved for the very same label
+rows and fitted by the same learner (same split, params and seed), so the card's comparison
+isolates what the kind's own service adds.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import platform
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -44,7 +47,8 @@ from serving.monitoring.drift import training_distributions
 from serving.progress import Progress
 from serving.repo.historical import TIMESTAMP
 from serving.repo.model_kinds import ModelKind
-from serving.training.training_set import TrainingSet, join_features, load_labels
+from serving.repo.plan import ServingPlan
+from serving.training.training_set import LabelSet, TrainingSet, join_features, load_labels
 
 HOLDOUT_FRACTION = 0.2
 VALIDATION_FRACTION = 0.15
@@ -97,12 +101,17 @@ def train(
     from serving.repo.compile import ensure_plan
 
     plan = ensure_plan(repo)
-    labels = load_labels(plan, spec.feature_service, repo / spec.label_table, spec.label, window)
+    services = (spec.feature_service, *(c.feature_service for c in spec.compare_with))
+    label_sets = [  # every service checked before the first (slow) retrieval
+        load_labels(plan, service, repo / spec.label_table, spec.label, window)
+        for service in dict.fromkeys(services)
+    ]
     started = time.perf_counter()
-    with Progress(f"retrieval {spec.feature_service}", total=len(labels.frame)) as bar:
-        data = join_features(repo, plan, labels, progress=bar.advance)
+    retrieved_sets = {labels.service: _retrieve(repo, plan, labels) for labels in label_sets}
     retrieved = time.perf_counter()
-    card, text = fit_and_describe(spec, data, seed)
+    data = retrieved_sets[spec.feature_service]
+    compared = {c.feature_service: retrieved_sets[c.feature_service] for c in spec.compare_with}
+    card, text = fit_and_describe(spec, data, seed, compared)
     trained = time.perf_counter()
     card = replace(
         card,
@@ -118,14 +127,31 @@ def train(
     )
 
 
-def fit_and_describe(spec: ModelKind, data: TrainingSet, seed: int) -> tuple[ModelCard, str]:
+def _retrieve(repo: Path, plan: ServingPlan, labels: LabelSet) -> TrainingSet:
+    with Progress(f"retrieval {labels.service}", total=len(labels.frame)) as bar:
+        return join_features(repo, plan, labels, progress=bar.advance)
+
+
+def fit_and_describe(
+    spec: ModelKind,
+    data: TrainingSet,
+    seed: int,
+    compared: Mapping[str, TrainingSet] | None = None,
+) -> tuple[ModelCard, str]:
     """Split, fit and evaluate; the card (version and checksums left to the registry) and
-    LightGBM's text model, cut at the best iteration."""
+    LightGBM's text model, cut at the best iteration. `compared`: the training sets of the
+    kind's `compare_with` services (by name), over the same label rows as `data`."""
     train_idx, valid_idx, holdout_idx = split_by_time(data.frame[TIMESTAMP])
     levels = categorical_levels(data, train_idx)
     x = feature_matrix(data, levels)
     y = data.frame[spec.label].to_numpy(np.float64)
     booster = fit(data, levels, x, y, (train_idx, valid_idx), seed)
+    holdout = evaluate(spec, booster, data.frame.iloc[holdout_idx], x[holdout_idx], y, train_idx)
+    others = compared or {}
+    comparisons = {
+        c.feature_service: compare(c.feature_service, data, others[c.feature_service], y, seed)
+        for c in spec.compare_with
+    }
     card = ModelCard(
         name=spec.name,
         version=0,  # allocated by the registry
@@ -138,7 +164,7 @@ def fit_and_describe(spec: ModelKind, data: TrainingSet, seed: int) -> tuple[Mod
         request_fields=data.request_fields,
         window=_window(data.frame[TIMESTAMP], holdout_idx),
         rows=RowCounts(len(train_idx), len(valid_idx), len(holdout_idx)),
-        metrics=evaluate(spec, booster, data.frame.iloc[holdout_idx], x[holdout_idx], y, train_idx),
+        metrics=replace(holdout, comparisons=comparisons),
         data_fingerprint=data.fingerprint,
         model_sha256="",  # computed by the registry from the text it writes
         registry_fingerprint="",
@@ -248,6 +274,27 @@ def evaluate(
         booster.predict(x_holdout, num_iteration=booster.best_iteration), dtype=np.float64
     )
     return HoldoutMetrics(rows=len(holdout), model=metrics(truth, predicted), baselines=baselines)
+
+
+def compare(
+    service: str, data: TrainingSet, other: TrainingSet, y: np.ndarray, seed: int
+) -> ErrorMetrics:
+    """The same learner (split, params, seed) on another service's features for the same
+    rows: its holdout error, to set beside the model's."""
+    same = len(other.frame) == len(data.frame) and other.frame[TIMESTAMP].equals(
+        data.frame[TIMESTAMP]
+    )
+    if not same or not other.frame[data.label].equals(data.frame[data.label]):
+        raise DataError(
+            f"the training set of compared service {service!r} ({len(other.frame)} rows) does "
+            f"not hold the same label rows as the model's ({len(data.frame)} rows)"
+        )
+    train_idx, valid_idx, holdout_idx = split_by_time(other.frame[TIMESTAMP])
+    levels = categorical_levels(other, train_idx)
+    x = feature_matrix(other, levels)
+    booster = fit(other, levels, x, y, (train_idx, valid_idx), seed)
+    predicted = booster.predict(x[holdout_idx], num_iteration=booster.best_iteration)
+    return metrics(y[holdout_idx], np.asarray(predicted, dtype=np.float64))
 
 
 def metrics(truth: np.ndarray, predicted: np.ndarray) -> ErrorMetrics:

@@ -150,7 +150,8 @@ def test_pricing_scores_equal_feast(
     rows["event_timestamp"] += pd.Series(np.where(np.arange(300) % 3 == 0, 2 * HOUR, 0 * HOUR))
     inputs = rows[["event_timestamp", "zone_id", "request_ts_s"]]
     expected = matrix_of(
-        card, historical_features(applied_repo, plan, "pricing_v1", inputs, lambda _: None)
+        card,
+        historical_features(applied_repo, plan, card.feature_service, inputs, lambda _: None),
     )
     source, output = tmp_path / "in.parquet", tmp_path / "out.parquet"
     pq.write_table(pa.Table.from_pandas(inputs, preserve_index=False), source)

@@ -80,7 +80,7 @@ def test_missing_plan_names_the_command_to_run(applied_repo: Path, tmp_path: Pat
     files.plan.unlink()
     with pytest.raises(PlanError, match="carrara apply"):
         load_plan(files)
-    assert compile_plan(files).feature_services.keys() == {"eta_v1", "pricing_v1"}
+    assert compile_plan(files).feature_services.keys() == {"eta_v1", "pricing_v1", "pricing_v2"}
 
 
 def test_feast_historical_retrieval_runs_the_repo_transforms(applied_repo: Path) -> None:

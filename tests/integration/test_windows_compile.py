@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.integration]
 DEFINITIONS = """
 from datetime import timedelta
 
-from feast import Entity, Field, FileSource, PushSource
+from feast import Entity, FeatureService, Field, FileSource, PushSource
 from feast.aggregation import Aggregation
 from feast.stream_feature_view import StreamFeatureView
 from feast.types import Float32, Int64
@@ -54,6 +54,7 @@ unknown_function = view(
     "unknown_function",
     [Aggregation(column="trips", function="std", time_window=timedelta(minutes=5))],
 )
+service = FeatureService(name="service", features=[plain])
 integer_mean = view(
     "integer_mean",
     [Aggregation(column="trips", function="mean", time_window=timedelta(minutes=5))],
@@ -112,3 +113,10 @@ def test_what_cannot_be_kept_is_refused_naming_it(plan: ServingPlan, name: str, 
     with pytest.raises(PlanError, match="stream feature view") as refused:
         plan.feature_view(name)
     assert says in str(refused.value)
+
+
+def test_a_service_reads_the_outputs_not_the_declared_event_columns(plan: ServingPlan) -> None:
+    [projection] = plan.feature_service("service").projections
+    # Feast's projection holds the schema's fields: the declared event column `trips` (left
+    # out: no value of the view) and `top_fare`; outputs missing from the schema never get in
+    assert projection.features == ("top_fare",)

@@ -212,7 +212,7 @@ def brute_force(repo: Path, plan: ServingPlan, rows: pd.DataFrame) -> dict[str, 
     at_us = micros(rows["event_timestamp"])
     for agg in view.aggregations:
         column = events[source.get(agg.column, agg.column)].astype("Float64")
-        values = []
+        values: list[Any] = []
         for zone, at in zip(rows["zone_id"], at_us, strict=True):
             if not held_online(view, event_us[events["zone_id"].to_numpy() == zone], at):
                 values.append(None)

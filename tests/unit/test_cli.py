@@ -89,6 +89,7 @@ def test_sample_data_writes_every_table(tmp_path: Path) -> None:
         "route_stats.parquet",
         "surge_observations.parquet",
         "trips.parquet",
+        "zone_events.parquet",
         "zone_stats.parquet",
     ]
 

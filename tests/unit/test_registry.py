@@ -182,6 +182,35 @@ def test_card_round_trips_through_json(tmp_path: Path, card: ModelCard) -> None:
     assert read_card(tmp_path / "model.json") == card
 
 
+def test_card_keeps_comparisons_and_reads_cards_written_without(
+    tmp_path: Path, card: ModelCard
+) -> None:
+    assert card.metrics is not None
+    metrics = replace(card.metrics, comparisons={"riders_v0": ErrorMetrics(2.0, 3.0)})
+    compared = replace(card, metrics=metrics)
+    (tmp_path / "model.json").write_text(compared.to_json())
+    assert read_card(tmp_path / "model.json") == compared
+    assert metrics.comparison_improvement_pct("riders_v0") == ErrorMetrics(50.0, 50.0)
+    old = json.loads(card.to_json())
+    del old["metrics"]["comparisons"]  # as written before comparisons were recorded
+    (tmp_path / "model.json").write_text(json.dumps(old))
+    assert read_card(tmp_path / "model.json") == card
+
+
+def test_card_text_sets_a_comparison_beside_the_model(card: ModelCard) -> None:
+    from serving.cli.card_text import comparison_lines, metrics_table
+
+    assert card.metrics is not None
+    metrics = replace(card.metrics, comparisons={"riders_v0": ErrorMetrics(2.0, 3.0)})
+    compared = replace(card, metrics=metrics)
+    table = metrics_table(compared)
+    assert table[-1].split() == ["riders_v0", "(same", "learner)", "2", "3", "+50.0%,", "+50.0%"]
+    assert comparison_lines(compared, {"riders_v0": "older features"}) == [
+        "riders_v1 RMSE 1.5 vs riders_v0 (older features) 3: 50.0% lower"
+    ]
+    assert comparison_lines(card) == []  # none recorded: no line
+
+
 def test_category_codes_are_level_indexes_and_nan_when_unknown(card: ModelCard) -> None:
     codes = card.category_codes("rider_stats__kind", ["van", "bike", "boat", None, "car"])
     np.testing.assert_array_equal(codes, [2.0, 0.0, np.nan, np.nan, 1.0])
