@@ -88,6 +88,8 @@ class StreamIngester:
                     grouped = True
                 left = None if max_events is None else max_events - self.stats.events
                 taken = self.step(self.batch if left is None else min(self.batch, left))
+                if not taken:
+                    self._tick()  # a quiet stream: its windows still age
                 backoff = 0.0
             except (redis.ConnectionError, redis.TimeoutError, StoreUnavailableError) as exc:
                 backoff = min(MAX_BACKOFF_S, backoff * 2 or 0.1)
@@ -103,10 +105,8 @@ class StreamIngester:
                 log.warning("ingest %s: group %r is gone; making it again", self.stream, self.group)
                 grouped = False
                 continue
-            if not taken:
-                self._tick()  # a quiet stream: its windows still age
-                if idle_exit:
-                    break
+            if not taken and idle_exit:
+                break
         return self.stats
 
     def _tick(self) -> None:

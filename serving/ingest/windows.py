@@ -135,15 +135,16 @@ class WindowWriter:
         return done
 
     def age(self, views: Sequence[FeatureViewPlan], stop: threading.Event) -> None:
-        """Tick at every tile boundary until `stop` is set; Redis unavailable is waited out."""
+        """Tick at every tile boundary until `stop` is set; a failing Redis is retried at the
+        next boundary (one warning per tile at most)."""
         if not views:
             return
         hop_s = min(v.hop_s for v in views)
         while not stop.is_set():  # bounded by stop
             try:
                 self.tick(views)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("ageing windows: Redis unavailable (%s); trying again", exc)
+            except redis.RedisError as exc:  # unavailable, or refusing (OOM, READONLY, ...)
+                log.warning("ageing windows: Redis failed (%s); trying at the next tile", exc)
             now = self.clock()
             stop.wait(hop_s - now % hop_s + 0.01)  # just past the next boundary
 
