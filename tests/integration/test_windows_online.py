@@ -48,7 +48,7 @@ from datetime import timedelta
 from feast import Entity, Field, FileSource, PushSource
 from feast.aggregation import Aggregation
 from feast.stream_feature_view import StreamFeatureView
-from feast.types import Float64, Int64
+from feast.types import Float32, Float64, Int32, Int64
 from feast.value_type import ValueType
 
 zone = Entity(name="zone", join_keys=["zone_id"], value_type=ValueType.INT64)
@@ -78,6 +78,29 @@ zone_activity = StreamFeatureView(
     timestamp_field="event_timestamp",
     enable_tiling=True,
     tiling_hop_size=timedelta(seconds=10),
+)
+# narrower outputs and negative numbers: Int32 and Int64 varints, Float32
+signed_events = PushSource(
+    name="signed_events",
+    batch_source=FileSource(path="data/zone_events.parquet", timestamp_field="event_timestamp"),
+)
+signed = StreamFeatureView(
+    name="signed",
+    entities=[zone],
+    ttl=timedelta(minutes=30),
+    source=signed_events,
+    schema=[Field(name="zone_id", dtype=Int64), Field(name="trips", dtype=Int64),
+            Field(name="trips_i32", dtype=Int32), Field(name="low_fare_f32", dtype=Float32),
+            Field(name="fare_i64", dtype=Int64)],
+    aggregations=[
+        Aggregation(column="trips", function="sum", time_window=timedelta(seconds=60),
+                    name="trips_i32"),
+        Aggregation(column="fare", function="min", time_window=timedelta(seconds=60),
+                    name="low_fare_f32"),
+        Aggregation(column="fare", function="sum", time_window=timedelta(seconds=60),
+                    name="fare_i64"),
+    ],
+    timestamp_field="event_timestamp",
 )
 """
 
@@ -436,3 +459,22 @@ def test_redis_killed_and_restarted_mid_stream_loses_and_doubles_nothing(
         assert acknowledged(own) == len(events)
         assert_matches(own, view, events)
         own.close()
+
+
+def test_negative_numbers_and_narrow_types_read_back_through_feast(
+    repo: Path, plan: ServingPlan, store: Any
+) -> None:
+    now_us = int(time.time() * 1e6)
+    events: list[Event] = [(5, now_us - 1_000_000, -3, -2.5), (5, now_us - 2_000_000, -40, 0.1)]
+    Pusher(plan, repo, store).push("signed_events", columns(events))
+    names = ["trips_i32", "low_fare_f32", "fare_i64"]
+    with feast_context(repo):
+        from feast import FeatureStore
+
+        feast = FeatureStore(repo_path=str(repo))
+        read = feast.get_online_features(
+            features=[f"signed:{n}" for n in names], entity_rows=[{"zone_id": 5}]
+        ).to_dict()
+    assert read["trips_i32"] == [-43]
+    assert read["low_fare_f32"] == [pytest.approx(-2.5)]
+    assert read["fare_i64"] == [-2]  # -2.4 written as an integer: truncated toward zero
