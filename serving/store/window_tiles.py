@@ -21,12 +21,16 @@ once. Mode "push" applies every event (a Push call); mode "tick" applies none an
 
 After applying, every touched entity's windows are recomputed as of A = max(stored as-of,
 newest applied event, the caller's clock); tiles older than the longest window are dropped.
-Sums and counts are kept per aggregation as running values moved tile by tile (this call's
-events inside the old window added, the tiles that left the window subtracted, those that
-entered added: a few fields per move instead of every tile), and summed afresh from the tiles
-after a move longer than the window; min and max read their window's tiles. Numbers travel
-as decimal text: tile sums are kept with HINCRBYFLOAT (exact for integers below 2^53),
-running values, min and max with 17 significant digits (a double exactly).
+One HMGET reads what the entity's refresh needs (its as-of, running values, the tiles this
+call adds to, the tiles that left or entered a window), one HSET writes the tiles back:
+- sums and counts are kept per aggregation as running values moved tile by tile (the stored
+  window moved by the tiles that left and entered, plus this call's events inside the new
+  window), so a refresh reads a few fields, not every tile;
+- a new entity, or one quiet for the longest window, holds no stored tile inside any window:
+  its windows are this call's events alone (its old tiles are deleted unread);
+- min and max fold their window's stored tiles with this call's events.
+Numbers go to Redis as Lua numbers (Redis writes a double exactly) and come back through
+tonumber: integer sums are exact below 2^53.
 """
 
 from __future__ import annotations
@@ -43,7 +47,10 @@ PARTS = {"sum": "s n", "count": "s n", "mean": "s n", "min": "lo", "max": "hi"}
 
 SCRIPT = r"""
 local pack, floor, fmt = struct.pack, math.floor, string.format
+local char = string.char
 local function varint(x)
+  if x >= 0 and x < 128 then return char(x) end  -- counts and small sums: one byte
+  if x >= 0 and x < 16384 then return char(x % 128 + 128, floor(x / 128)) end
   local lo, hi, out = x % 4294967296, floor(x / 4294967296) % 4294967296, {}
   while hi > 0 or lo >= 128 do
     out[#out + 1] = string.char(lo % 128 + 128)
@@ -61,14 +68,18 @@ local function encode(kind, v)
   if kind == "i32" then return "\24" .. varint(integer(v)) end
   return "\32" .. varint(integer(v))
 end
+local stamps = {}  -- most entities of a call share their as-of: encode it once
 local function timestamp(us)
+  if stamps[us] then return stamps[us] end
   local sec = floor(us / 1000000)
   local nanos = (us - sec * 1000000) * 1000
   local out = ""
   if sec ~= 0 then out = "\8" .. varint(sec) end
   if nanos ~= 0 then out = out .. "\16" .. varint(nanos) end
+  stamps[us] = out
   return out
 end
+
 local function number(s) if s then return tonumber(s) end return nil end
 local function tile_of(us, hop)  -- floor(us / hop), exact where the division rounds
   local t = floor(us / hop)
@@ -131,117 +142,147 @@ if mode == "stream" then
   end
 end
 
-local function field(tile, c, part) return fmt("%.0f", tile) .. ":" .. c .. ":" .. part end
-
--- the stored tiles' `part` of column c over tiles first..last, folded by `add`
-local function tiles(tk, c, part, first, last, total, add)
-  if last < first then return total end
-  local names = {"HMGET", tk}
-  for t = first, last do names[#names + 1] = field(t, c, part) end
-  local got = redis.call(unpack(names))
-  for i = 1, #got do
-    if got[i] then total = add(total, tonumber(got[i])) end
+local names = {}  -- field names made once per call: formatting them was most of the work
+local function field(tile, c, part)
+  local by_tile = names[tile]
+  if not by_tile then by_tile = {}; names[tile] = by_tile end
+  local by_column = by_tile[c]
+  if not by_column then by_column = {}; by_tile[c] = by_column end
+  local name = by_column[part]
+  if not name then
+    name = tile .. ":" .. c .. ":" .. part  -- a tile number prints whole (< 1e14)
+    by_column[part] = name
   end
-  return total
+  return name
 end
 local function plus(a, b) return a + b end
 local function lower(a, b) if a == nil or b < a then return b end return a end
 local function higher(a, b) if a == nil or b > a then return b end return a end
+local FOLD = {s = plus, n = plus, lo = lower, hi = higher}
 
--- this call's events (cells[tile][c]) into the tiles, except those no window can hold
-local function store_cells(view, tk, cells, oldest)
-  for tile, cols in pairs(cells) do
-    if tile >= oldest then
-      for c, cell in pairs(cols) do
-        local parts = view.parts[c]
-        if parts.s then
-          redis.call("HINCRBYFLOAT", tk, field(tile, c, "s"), fmt("%.17g", cell.s))
-        end
-        if parts.n then redis.call("HINCRBY", tk, field(tile, c, "n"), cell.n) end
-        if parts.lo then
-          local old = number(redis.call("HGET", tk, field(tile, c, "lo")))
-          if old == nil or cell.lo < old then
-            redis.call("HSET", tk, field(tile, c, "lo"), fmt("%.17g", cell.lo))
-          end
-        end
-        if parts.hi then
-          local old = number(redis.call("HGET", tk, field(tile, c, "hi")))
-          if old == nil or cell.hi > old then
-            redis.call("HSET", tk, field(tile, c, "hi"), fmt("%.17g", cell.hi))
-          end
-        end
-      end
+-- `part` of column c over tiles first..last: the stored values (pre-call, from `stored`,
+-- when `with_stored`) and this call's cells, folded
+local function window(stored, cells, c, part, first, last, total, with_stored)
+  local fold = FOLD[part]
+  if with_stored then
+    for t = first, last do
+      local v = stored[field(t, c, part)]
+      if v ~= nil then total = fold(total, v) end
     end
   end
-end
-
--- drop tiles older than `oldest`: the ones a move from `prev` to `last` left behind, or
--- (no previous as-of, or a move longer than the span) whatever the hash holds
-local function drop_tiles(view, tk, prev, last, oldest)
-  if prev ~= nil and last - prev < view.span then
-    local names = {"HDEL", tk}
-    for t = prev - view.span + 1, oldest - 1 do
-      for c = 1, view.ncol do
-        for part in pairs(view.parts[c]) do names[#names + 1] = field(t, c, part) end
-      end
-    end
-    if #names > 2 then redis.call(unpack(names)) end
-    return
-  end
-  local flat, stale = redis.call("HKEYS", tk), {"HDEL", tk}
-  for i = 1, #flat do
-    local tile = string.match(flat[i], "^(%-?%d+):")
-    if tile and tonumber(tile) < oldest then stale[#stale + 1] = flat[i] end
-  end
-  if #stale > 2 then redis.call(unpack(stale)) end
-end
-
--- sum and count of aggregation a as of tile `last`: the running ones moved on from `prev`
--- (this call's events in the old window added, tiles that left subtracted, tiles that
--- entered added), or summed afresh from the tiles
-local function running(view, agg, tk, cells, prev, last, rs, rn)
-  local first, c = last - agg.tiles + 1, agg.col
-  if prev == nil or rs == nil or last - prev >= agg.tiles then
-    return tiles(tk, c, "s", first, last, 0, plus), tiles(tk, c, "n", first, last, 0, plus)
-  end
-  local s, n = rs, rn
   for tile, cols in pairs(cells) do
     local cell = cols[c]
-    if cell and tile > prev - agg.tiles and tile <= prev then s, n = s + cell.s, n + cell.n end
+    if cell and tile >= first and tile <= last then total = fold(total, cell[part]) end
   end
-  if last > prev then
-    local gone, went = prev - agg.tiles + 1, last - agg.tiles  -- the tiles that left
-    s = s - tiles(tk, c, "s", gone, went, 0, plus) + tiles(tk, c, "s", prev + 1, last, 0, plus)
-    n = n - tiles(tk, c, "n", gone, went, 0, plus) + tiles(tk, c, "n", prev + 1, last, 0, plus)
-  end
-  return s, n
+  return total
 end
 
-local function refresh(view, j, cells, newest)
+-- the stored fields this refresh reads: this call's cells (to add to), the tiles that left
+-- and entered a window kept as a running sum, every tile of a window folded afresh
+local function wanted(view, cells, prev, last, running, fresh)
+  local reads, seen = {}, {}
+  local function want(name)
+    if not seen[name] then seen[name] = true; reads[#reads + 1] = name end
+  end
+  local function want_range(c, part, first, upto)
+    for t = first, upto do want(field(t, c, part)) end
+  end
+  if fresh then return reads end
+  for tile, cols in pairs(cells) do
+    for c in pairs(cols) do for part in pairs(view.parts[c]) do want(field(tile, c, part)) end end
+  end
+  for a, agg in ipairs(view.aggs) do
+    local first = last - agg.tiles + 1
+    if last - prev < agg.tiles then
+      if agg.fn == "min" then want_range(agg.col, "lo", first, last)
+      elseif agg.fn == "max" then want_range(agg.col, "hi", first, last)
+      elseif running[a] == nil then
+        want_range(agg.col, "s", first, last); want_range(agg.col, "n", first, last)
+      elseif last > prev then
+        for _, part in ipairs({"s", "n"}) do
+          want_range(agg.col, part, prev - agg.tiles + 1, last - agg.tiles)
+          want_range(agg.col, part, prev + 1, last)
+        end
+      end
+    end
+  end
+  return reads
+end
+
+local function refresh(view, j, cells, newest, touched)
   local tk, fk = KEYS[view.keys + 2 * j - 2], KEYS[view.keys + 2 * j - 1]
   local head = {"HMGET", tk, "asof", "top"}
-  for a = 1, view.nagg do head[#head + 1] = "r" .. a .. ":s"; head[#head + 1] = "r" .. a .. ":n" end
+  for a = 1, view.nagg do
+    head[#head + 1] = "r" .. a .. ":s"
+    head[#head + 1] = "r" .. a .. ":n"
+  end
   local got = redis.call(unpack(head))
   local asof, top = number(got[1]), number(got[2])
+  local running = {}
+  for a = 1, view.nagg do
+    local rs, rn = number(got[1 + 2 * a]), number(got[2 + 2 * a])
+    if rs ~= nil and rn ~= nil then running[a] = {rs, rn} end
+  end
   local at = math.max(asof or 0, newest or 0, now)
   local last = tile_of(at, view.hop)
   local prev = asof and tile_of(asof, view.hop) or nil
   local oldest = last - view.span + 1
-  store_cells(view, tk, cells, oldest)
-  for tile in pairs(cells) do if top == nil or tile > top then top = tile end end
+  -- no stored tile is in any window: a new entity, or one quiet for the longest window
+  local fresh = prev == nil or last - prev >= view.span
+  if fresh then
+    if asof ~= nil then redis.call("DEL", tk) end
+    top = nil
+  end
+  local stored, reads = {}, wanted(view, cells, prev, last, running, fresh)
+  for i = 1, #reads, 1000 do
+    local chunk = {"HMGET", tk}
+    for n = i, math.min(i + 999, #reads) do chunk[#chunk + 1] = reads[n] end
+    local values = redis.call(unpack(chunk))
+    for n = 1, #values do
+      if values[n] then stored[reads[i + n - 1]] = tonumber(values[n]) end
+    end
+  end
+  local keep = {"HSET", tk, "asof", at}
+  for tile, cols in pairs(cells) do  -- this call's events, added to their tiles
+    if tile >= oldest then
+      if top == nil or tile > top then top = tile end
+      for c, cell in pairs(cols) do
+        for part in pairs(view.parts[c]) do
+          local name = field(tile, c, part)
+          keep[#keep + 1] = name
+          local old, added = stored[name], cell[part]
+          if old ~= nil then added = FOLD[part](old, added) end
+          keep[#keep + 1] = added
+        end
+      end
+    end
+  end
   local hset = {"HSET", fk, view.ts_field, timestamp(at)}
-  local keep = {"HSET", tk, "asof", fmt("%.0f", at), "top", fmt("%.0f", top or 0)}
   for a, agg in ipairs(view.aggs) do
+    local first, c = last - agg.tiles + 1, agg.col
+    local with_stored = not fresh and last - prev < agg.tiles
     local value
     if agg.fn == "min" or agg.fn == "max" then
-      local part, fold = "lo", lower
-      if agg.fn == "max" then part, fold = "hi", higher end
-      value = tiles(tk, agg.col, part, last - agg.tiles + 1, last, nil, fold)
+      local part = agg.fn == "min" and "lo" or "hi"
+      value = window(stored, cells, c, part, first, last, nil, with_stored)
     else
-      local s, n = running(view, agg, tk, cells, prev, last,
-                           number(got[1 + 2 * a]), number(got[2 + 2 * a]))
-      keep[#keep + 1] = "r" .. a .. ":s"; keep[#keep + 1] = fmt("%.17g", s)
-      keep[#keep + 1] = "r" .. a .. ":n"; keep[#keep + 1] = fmt("%.17g", n)
+      local s, n = 0, 0
+      if with_stored and running[a] ~= nil then  -- the running sums, moved tile by tile
+        s, n = running[a][1], running[a][2]
+        if last > prev then
+          s = s - window(stored, {}, c, "s", prev - agg.tiles + 1, last - agg.tiles, 0, true)
+                + window(stored, {}, c, "s", prev + 1, last, 0, true)
+          n = n - window(stored, {}, c, "n", prev - agg.tiles + 1, last - agg.tiles, 0, true)
+                + window(stored, {}, c, "n", prev + 1, last, 0, true)
+        end
+        s = window({}, cells, c, "s", first, last, s, false)
+        n = window({}, cells, c, "n", first, last, n, false)
+      else
+        s = window(stored, cells, c, "s", first, last, 0, with_stored)
+        n = window(stored, cells, c, "n", first, last, 0, with_stored)
+      end
+      keep[#keep + 1] = "r" .. a .. ":s"; keep[#keep + 1] = s
+      keep[#keep + 1] = "r" .. a .. ":n"; keep[#keep + 1] = n
       if agg.fn == "sum" then value = s
       elseif agg.fn == "count" then value = n
       elseif n > 0 then value = s / n end
@@ -251,14 +292,24 @@ local function refresh(view, j, cells, newest)
   end
   redis.call(unpack(hset))
   if view.key_ttl > 0 then redis.call("EXPIRE", fk, view.key_ttl) end
-  drop_tiles(view, tk, prev, last, oldest)
   if top ~= nil and top >= oldest then
+    keep[#keep + 1] = "top"; keep[#keep + 1] = top
     redis.call(unpack(keep))
+    if not fresh and last > prev then  -- the tiles that left the longest window
+      local gone = {"HDEL", tk}
+      for t = prev - view.span + 1, oldest - 1 do
+        for c = 1, view.ncol do
+          for part in pairs(view.parts[c]) do gone[#gone + 1] = field(t, c, part) end
+        end
+      end
+      if #gone > 2 then redis.call(unpack(gone)) end
+    end
     redis.call("PEXPIRE", tk, view.tiles_ttl)
-    redis.call("ZADD", view.active, at, fk)
+    touched.add[#touched.add + 1] = at
+    touched.add[#touched.add + 1] = fk
   else
     redis.call("DEL", tk)
-    redis.call("ZREM", view.active, fk)
+    touched.gone[#touched.gone + 1] = fk
   end
 end
 
@@ -290,8 +341,15 @@ for _, view in ipairs(views) do
       repeated = repeated + 1
     end
   end
+  local touched = {add = {}, gone = {}}
   for j = 1, view.nent do
-    if mode == "tick" or newest[j] then refresh(view, j, acc[j] or {}, newest[j]) end
+    if mode == "tick" or newest[j] then refresh(view, j, acc[j] or {}, newest[j], touched) end
+  end
+  for i = 1, #touched.add, 1000 do  -- who still has events in a window: ticks age them
+    redis.call("ZADD", view.active, unpack(touched.add, i, math.min(i + 999, #touched.add)))
+  end
+  for i = 1, #touched.gone, 1000 do
+    redis.call("ZREM", view.active, unpack(touched.gone, i, math.min(i + 999, #touched.gone)))
   end
 end
 return {applied, repeated}
