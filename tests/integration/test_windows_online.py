@@ -229,7 +229,7 @@ def test_pushed_events_in_batches_give_the_defined_windows(
     rng = random.Random(5)
     pusher = Pusher(plan, repo, store)
     pushed: list[Event] = []
-    for size in (1, 7, 50, 200):  # late and out-of-order events across the batches
+    for size in (1, 7, 50, 1_200):  # late and out-of-order events; 1,200: several calls
         batch = random_events(rng, now_us, size)
         result = pusher.push("zone_events", columns(batch))
         assert (result.rows_written, result.rows_older_than_stored) == (size, 0)
