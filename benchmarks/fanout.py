@@ -120,14 +120,9 @@ def register_models(repo: Path, registry: Path, counts: list[int]) -> None:
 @contextmanager
 def server(repo: Path, registry: Path, work: Path) -> Iterator[str]:
     """`carrara serve` over the repo, until the block ends (stopped by its pid)."""
-    from benchmarks.online import service
+    from benchmarks.online import carrara_serve
 
-    def command(port: int) -> list[str]:
-        return [str(BIN / "carrara"), "serve", "--repo", str(repo), "--registry", str(registry),
-                "--port", str(port)]  # fmt: skip
-
-    log = work / "serve.log"
-    with service("carrara", command, "carrara.v1.PredictionService", log, cwd=ROOT) as svc:
+    with carrara_serve(repo, registry, work) as svc:
         yield svc.target
 
 

@@ -319,6 +319,19 @@ def _wait_serving(
 
 
 @contextmanager
+def carrara_serve(repo: Path, registry: Path, work: Path) -> Iterator[Service]:
+    """`carrara serve` over a repo and registry until the block ends (stopped by its pid)."""
+
+    def command(port: int) -> list[str]:
+        return [str(BIN / "carrara"), "serve", "--repo", str(repo), "--registry", str(registry),
+                "--port", str(port)]  # fmt: skip
+
+    log = work / "serve.log"
+    with service("carrara", command, "carrara.v1.PredictionService", log, cwd=ROOT) as svc:
+        yield svc
+
+
+@contextmanager
 def carrara_server(
     world: World, work: Path, processes: int, threads: int, extra: Sequence[str] = ()
 ) -> Iterator[Service]:
