@@ -8,6 +8,7 @@ store (after the materialization, so Redis never got it) must be reported, row b
 from __future__ import annotations
 
 import shutil
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.cli import main
+from serving.client import python_values
 from serving.online.server import Server
 from tests.helpers import WORLD_END
 
@@ -119,3 +121,56 @@ def test_a_feature_written_late_is_reported_per_row_and_feature(
     assert "rows sampled" in out
     assert "differences in 3 rows" in out
     assert np.isfinite(float(speed.split("online ")[1].split(",")[0]))
+
+
+def test_windows_pushed_now_are_checked_and_a_missed_event_is_reported(
+    server: Server,
+    applied_repo: Path,
+    served_registry: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Events pushed now reach the server's windows (Push) and a copy's offline events (the
+    batch source): check-consistency compares pricing's windowed features and agrees; one
+    more event pushed online only is reported for its zone's windows."""
+    from serving.client import PredictionClient
+    from serving.ingest.push import Pusher, PushTarget
+    from serving.repo.compile import ensure_plan
+
+    copy = tmp_path / "feature_repo"
+    shutil.copytree(applied_repo, copy)
+    now_us = int(time.time() * 1e6)
+    zones = [3, 5, 9]
+    events = {
+        "zone_id": [z for z in zones for _ in range(4)],
+        "trip_requested": [1, 1, 1, 0] * 3,
+        "driver_available": [0, 0, 1, 1] * 3,
+        "event_timestamp": [now_us - 1_000_000 * (i + 1) for i in range(12)],
+    }
+    offline = Pusher(ensure_plan(copy), copy, None)
+    offline.push("zone_events", events, to=PushTarget.OFFLINE)
+    with PredictionClient(f"127.0.0.1:{server.port}", timeout_s=10) as client:
+        assert client.push("zone_events", events).rows_written == 12
+        online = client.online_features(
+            {"zone_id": zones}, features=["zone_activity:sum_trip_requested_60s"]
+        )
+    assert [v for c in online.features for v in python_values(c)] == [3, 3, 3]
+    rows = pq.read_table(copy / "data" / "surge_observations.parquet").slice(0, 6)
+    rows = rows.set_column(
+        rows.schema.get_field_index("zone_id"), "zone_id", pa.array(zones * 2, pa.int64())
+    )
+    sample = tmp_path / "rows.parquet"
+    pq.write_table(rows, sample)
+    args = ("--model", "pricing", "--input", str(sample), "--sample", "6")
+    assert check(copy, served_registry, server, *args) == 0, capsys.readouterr().out
+    with PredictionClient(f"127.0.0.1:{server.port}", timeout_s=10) as client:
+        one_more = {k: v[:1] for k, v in events.items()} | {"zone_id": [5]}
+        client.push("zone_events", one_more)  # online only: the offline copy never sees it
+    capsys.readouterr()
+    assert check(copy, served_registry, server, *args) == 1
+    out = capsys.readouterr().out
+    reported = {
+        line.split("): ")[1].split(":")[0] for line in out.splitlines() if "zone_id=5" in line
+    }
+    assert "zone_activity__sum_trip_requested_60s" in reported, out
+    assert not [line for line in out.splitlines() if "zone_id=3" in line or "zone_id=9" in line]
