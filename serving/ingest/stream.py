@@ -116,8 +116,11 @@ class StreamIngester:
             return
         tiles = tuple(int(self.pusher.windows().clock()) // v.hop_s for v in views)
         if tiles != self._ticked:  # tick() itself lets one process per tile do it
-            self.pusher.windows().tick(views)
             self._ticked = tiles
+            try:
+                self.pusher.windows().tick(views)
+            except redis.ResponseError as exc:  # refused (OOM, ...): the next tile tries again
+                log.warning("ingest %s: ageing windows failed: %s", self.stream, exc)
 
     def step(self, count: int) -> int:
         """One batch: this consumer's pending entries first, then those others left pending

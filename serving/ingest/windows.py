@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -97,7 +98,7 @@ class WindowWriter:
         """A view's part of a call: one event per row; `columns` by event column name."""
         index: dict[bytes, int] = {}
         entity = [index.setdefault(key, len(index)) for key in feast_keys]
-        values = [_numbers(c.name, columns[c.name]) for c in view.event_columns]
+        values = [_numbers(c.name, c.dtype, columns[c.name]) for c in view.event_columns]
         return Events(self.windowed(view), list(index), entity, event_us, values, entry_ids)
 
     def apply(self, sections: Sequence[Events], ack: StreamAck | None = None) -> WindowCounts:
@@ -173,8 +174,9 @@ def _rows(events: Events, start: int, stop: int) -> Events:
     )
 
 
-def _numbers(name: str, column: Sequence[Any]) -> list[float | int | None]:
-    """An event column's values as numbers; null and NaN are null (skipped by aggregations)."""
+def _numbers(name: str, dtype: str, column: Sequence[Any]) -> list[float | int | None]:
+    """An event column's values as numbers of its type (as its Parquet batch source holds
+    them: Float32 rounded to float32, Int32 within range); null and NaN are null."""
     out: list[float | int | None] = list(column)
     for row, value in enumerate(out):
         kind = type(value)
@@ -189,4 +191,17 @@ def _numbers(name: str, column: Sequence[Any]) -> list[float | int | None]:
             )
         elif isinstance(value, float):
             raise InvalidRequestError(f"columns.{name} row {row}: {value} is not a finite number")
+    if dtype == "Float32":
+        return [None if v is None else _FLOAT32.unpack(_FLOAT32.pack(v))[0] for v in out]
+    if dtype == "Int32" or dtype == "Int64":
+        low, high = _INT_RANGES[dtype]
+        for row, value in enumerate(out):
+            if value is not None and not (isinstance(value, int) and low <= value <= high):
+                raise InvalidRequestError(
+                    f"columns.{name} row {row}: {value} is not an {dtype} (the column's type)"
+                )
     return out
+
+
+_FLOAT32 = struct.Struct("<f")
+_INT_RANGES = {"Int32": (-(2**31), 2**31 - 1), "Int64": (-(2**63), 2**63 - 1)}

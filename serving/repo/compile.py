@@ -291,6 +291,10 @@ def _windowed(view: Any, plain: FeatureViewPlan) -> tuple[FeatureViewPlan, list[
         elif agg.function == "mean" and dtype.startswith("Int"):
             refuse(f"{agg.name}: {dtype}", "a mean is Float32 or Float64")
         outputs.append(Column(agg.name, dtype))
+    if plain.ttl_s and hop_s and plain.ttl_s < hop_s:  # values are rewritten once a tile
+        refuse(f"ttl={plain.ttl_s} s over {hop_s} s tiles",
+               "windows are rewritten once per tile: a ttl shorter than a tile makes them stale "
+               "between ticks")  # fmt: skip
     undeclared = [a.name for a in aggregations if a.name not in declared]
     if undeclared:  # Carrara serves them; Feast's reads look features up in the schema
         log.warning(

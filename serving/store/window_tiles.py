@@ -81,6 +81,15 @@ local function timestamp(us)
 end
 
 local function number(s) if s then return tonumber(s) end return nil end
+local function whole(x) return x == floor(x) end
+-- `command` with `head` then `items`, a thousand items a call (Lua's unpack is bounded)
+local function chunked(head, items)
+  for i = 1, #items, 1000 do
+    local call = {unpack(head)}
+    for n = i, math.min(i + 999, #items) do call[#call + 1] = items[n] end
+    redis.call(unpack(call))
+  end
+end
 local function tile_of(us, hop)  -- floor(us / hop), exact where the division rounds
   local t = floor(us / hop)
   if (t + 1) * hop <= us then return t + 1 end
@@ -196,7 +205,7 @@ local function wanted(view, cells, prev, last, running, fresh)
     if last - prev < agg.tiles then
       if agg.fn == "min" then want_range(agg.col, "lo", first, last)
       elseif agg.fn == "max" then want_range(agg.col, "hi", first, last)
-      elseif running[a] == nil then
+      elseif running[a] == nil or not whole(running[a][1]) then  -- summed afresh
         want_range(agg.col, "s", first, last); want_range(agg.col, "n", first, last)
       elseif last > prev then
         for _, part in ipairs({"s", "n"}) do
@@ -229,6 +238,11 @@ local function refresh(view, j, cells, newest, touched)
   local oldest = last - view.span + 1
   -- no stored tile is in any window: a new entity, or one quiet for the longest window
   local fresh = prev == nil or last - prev >= view.span
+  local newest_tile = top
+  if newest then
+    local t = tile_of(newest, view.hop)
+    if newest_tile == nil or t > newest_tile then newest_tile = t end
+  end
   if fresh then
     if asof ~= nil then redis.call("DEL", tk) end
     top = nil
@@ -242,7 +256,7 @@ local function refresh(view, j, cells, newest, touched)
       if values[n] then stored[reads[i + n - 1]] = tonumber(values[n]) end
     end
   end
-  local keep = {"HSET", tk, "asof", at}
+  local keep = {"asof", at}
   for tile, cols in pairs(cells) do  -- this call's events, added to their tiles
     if tile >= oldest then
       if top == nil or tile > top then top = tile end
@@ -257,7 +271,15 @@ local function refresh(view, j, cells, newest, touched)
       end
     end
   end
-  local hset = {"HSET", fk, view.ts_field, timestamp(at)}
+  -- windows that hold no event any more are valid from the moment they emptied (the end of
+  -- the newest event's tile + the longest window): stamped then, they age out by the ttl
+  -- as the offline definition says, however late the event or tick that wrote them
+  local kept = top ~= nil and top >= oldest
+  local stamp = at
+  if not kept and newest_tile ~= nil then
+    stamp = math.min(at, (newest_tile + view.span) * view.hop)
+  end
+  local hset = {"HSET", fk, view.ts_field, timestamp(stamp)}
   for a, agg in ipairs(view.aggs) do
     local first, c = last - agg.tiles + 1, agg.col
     local with_stored = not fresh and last - prev < agg.tiles
@@ -267,7 +289,9 @@ local function refresh(view, j, cells, newest, touched)
       value = window(stored, cells, c, part, first, last, nil, with_stored)
     else
       local s, n = 0, 0
-      if with_stored and running[a] ~= nil then  -- the running sums, moved tile by tile
+      -- the running sums moved tile by tile, while they are whole numbers (exact below
+      -- 2^53); a fraction is summed afresh from the tiles, so no rounding piles up
+      if with_stored and running[a] ~= nil and whole(running[a][1]) then
         s, n = running[a][1], running[a][2]
         if last > prev then
           s = s - window(stored, {}, c, "s", prev - agg.tiles + 1, last - agg.tiles, 0, true)
@@ -292,19 +316,19 @@ local function refresh(view, j, cells, newest, touched)
   end
   redis.call(unpack(hset))
   if view.key_ttl > 0 then redis.call("EXPIRE", fk, view.key_ttl) end
-  if top ~= nil and top >= oldest then
+  if kept then
     keep[#keep + 1] = "top"; keep[#keep + 1] = top
-    redis.call(unpack(keep))
+    chunked({"HSET", tk}, keep)
     if not fresh and last > prev then  -- the tiles that left the longest window
-      local gone = {"HDEL", tk}
+      local gone = {}
       for t = prev - view.span + 1, oldest - 1 do
         for c = 1, view.ncol do
           for part in pairs(view.parts[c]) do gone[#gone + 1] = field(t, c, part) end
         end
       end
-      if #gone > 2 then redis.call(unpack(gone)) end
+      chunked({"HDEL", tk}, gone)
     end
-    redis.call("PEXPIRE", tk, view.tiles_ttl)
+    redis.call("PEXPIREAT", tk, floor(at / 1000) + view.tiles_ttl)  -- after A: even ahead
     touched.add[#touched.add + 1] = at
     touched.add[#touched.add + 1] = fk
   else

@@ -79,6 +79,23 @@ zone_activity = StreamFeatureView(
     enable_tiling=True,
     tiling_hop_size=timedelta(seconds=10),
 )
+# a day-long window over 10 s tiles: 8,640 tiles, more than one Lua call can unpack
+day_events = PushSource(
+    name="day_events",
+    batch_source=FileSource(path="data/zone_events.parquet", timestamp_field="event_timestamp"),
+)
+day = StreamFeatureView(
+    name="day",
+    entities=[zone],
+    ttl=timedelta(days=2),
+    source=day_events,
+    schema=[Field(name="zone_id", dtype=Int64), Field(name="fare", dtype=Float64),
+            Field(name="sum_fare_86400s", dtype=Float64)],
+    aggregations=[Aggregation(column="fare", function="sum", time_window=timedelta(days=1))],
+    timestamp_field="event_timestamp",
+    enable_tiling=True,
+    tiling_hop_size=timedelta(seconds=10),
+)
 # narrower outputs and negative numbers: Int32 and Int64 varints, Float32
 signed_events = PushSource(
     name="signed_events",
@@ -272,12 +289,15 @@ def test_a_tick_ages_quiet_windows_and_forgets_empty_ones(
     assert stored(client, view, 1)[0]["sum_trips_60s"] == 2
     active = view_active_key(plan)
     assert client.zcard(active) == 1
+    newest_tile = int(now_s - 30) // HOP_S  # the newest event's tile
+    emptied_us = (newest_tile + 300 // HOP_S) * HOP_S * 1_000_000  # + the longest window
     for later_s in (45, 150, 400):  # the 60 s window empties, then the 300 s ones
         writer.clock = lambda later_s=later_s: now_s + later_s  # type: ignore[misc]
         assert writer.tick([view]) == 1
         values, as_of = stored(client, view, 1)
-        assert as_of == int((now_s + later_s) * 1e6)
+        assert as_of == min(int((now_s + later_s) * 1e6), emptied_us)
         assert values == expected(view, events, 1, as_of)
+    assert as_of == emptied_us  # empty windows are valid from when they emptied: ttl from then
     assert values["sum_trips_300s"] == 0
     assert values["min_fare_300s"] is None
     assert client.zcard(active) == 0  # every window empty: nothing left to age
@@ -375,7 +395,8 @@ def test_ageing_ticks_once_per_tile_until_stopped(
     writer.age([view], stop)
     values, as_of = stored(client, view, 2)
     assert as_of is not None
-    assert as_of > int((start_s + 300) * 1e6)  # aged past every window
+    emptied_s = (int(start_s - 5) // HOP_S + 300 // HOP_S) * HOP_S  # the event's tile + 300 s
+    assert as_of == emptied_s * 1_000_000  # aged past every window, stamped when they emptied
     assert values["sum_trips_300s"] == 0
     assert client.zcard(view_active_key(plan)) == 0
 
@@ -478,3 +499,58 @@ def test_negative_numbers_and_narrow_types_read_back_through_feast(
     assert read["trips_i32"] == [-43]
     assert read["low_fare_f32"] == [pytest.approx(-2.5)]
     assert read["fare_i64"] == [-2]  # -2.4 written as an integer: truncated toward zero
+
+
+def test_float_sums_do_not_drift_as_tiles_leave_the_window(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    start_s = 1_960_000_000.0
+    pusher = Pusher(plan, repo, store)
+    writer = pusher.windows()
+    events: list[Event] = [
+        (6, int(start_s * 1e6), None, 0.1),
+        (6, int((start_s + 10) * 1e6), None, 0.2),
+        (6, int((start_s + 250) * 1e6), 1, None),  # keeps the windows open, adds no fare
+    ]
+    for i, event in enumerate(events):
+        writer.clock = lambda at=event[1]: at / 1e6  # type: ignore[misc]
+        pusher.push("zone_events", columns(events[i : i + 1]), now_s=start_s + 300)
+    for later_s in (300, 310):  # 0.1 leaves the 300 s window, then 0.2: one tile each
+        writer.clock = lambda later_s=later_s: start_s + later_s  # type: ignore[misc]
+        writer.tick([view])
+    values, as_of = stored(client, view, 6)
+    assert as_of == int((start_s + 310) * 1e6)
+    assert values["sum_fare_300s"] == 0.0  # exactly: not 0.1 + 0.2 - 0.1 - 0.2 = 2.8e-17
+    assert values == expected(view, events, 6, as_of)
+
+
+def test_an_old_event_of_a_new_entity_is_stamped_when_its_windows_emptied(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views[VIEW]
+    old_us = int((time.time() - 7_200) * 1e6)  # 2 h ago: ttl 30 min + 5 min window ago
+    Pusher(plan, repo, store).push("zone_events", columns([(8, old_us, 1, 5.0)]))
+    values, as_of = stored(client, view, 8)
+    emptied_us = (old_us // (HOP_S * 1_000_000) + 300 // HOP_S) * HOP_S * 1_000_000
+    assert as_of == emptied_us  # older than the ttl: served as stale (missing), as offline
+    assert values["sum_trips_300s"] == 0
+    assert client.zcard(view_active_key(plan)) == 0
+
+
+def test_a_day_long_window_moved_by_most_of_a_day_is_one_call(
+    repo: Path, plan: ServingPlan, store: Any, client: Any
+) -> None:
+    view = plan.feature_views["day"]
+    start_s = 1_970_000_000.0
+    pusher = Pusher(plan, repo, store)
+    writer = pusher.windows()
+    writer.clock = lambda: start_s
+    pushed = columns([(4, int(start_s * 1e6), 1, 2.5)])
+    del pushed["trips"]  # not a column of day_events
+    pusher.push("day_events", pushed, now_s=start_s)
+    writer.clock = lambda: start_s + 20 * 3_600  # 7,200 tiles on: 14,400 tile fields dropped
+    assert writer.tick([view]) == 1
+    key = codec.encode_entity_key(["zone_id"], ["Int64"], [4], PROJECT)
+    raw = client.hget(key, codec.field_name("day", "sum_fare_86400s"))
+    assert codec.decode_value(raw) == 2.5
