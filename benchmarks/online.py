@@ -79,7 +79,9 @@ STARTED_PIDS: list[int] = []  # every process this run started or saw its server
 # features, what `feast listen` can serve (it cannot take the request data of on-demand views).
 STORED_SERVICES = """
 
-bench_pricing_stored = FeatureService(name="bench_pricing_stored", features=[zone_stats])
+bench_pricing_stored = FeatureService(
+    name="bench_pricing_stored", features=[zone_stats, zone_activity]
+)
 bench_eta_stored = FeatureService(
     name="bench_eta_stored",
     features=[
@@ -666,7 +668,7 @@ def _naive_call(job: Job, cache: dict[Any, Any]) -> Callable[[], Any]:
     store, booster, card = _naive_model(job, cache)
     refs = list(card.feature_refs)
     on_demand = {v.name for v in store.list_on_demand_feature_views()}
-    views = {v.name for v in store.list_feature_views()}
+    views = {v.name for v in [*store.list_feature_views(), *store.list_stream_feature_views()]}
     short = [r.split("__", 1)[1] for r in refs]
     stored = [r for r in refs if r.split("__")[0] not in on_demand]
     if all(r.split("__")[0] in views for r in stored) and len(set(short)) == len(short):

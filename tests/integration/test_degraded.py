@@ -36,7 +36,11 @@ def test_a_model_scores_without_the_store_only_when_configured_to(
         with PredictionClient(f"127.0.0.1:{server.port}", timeout_s=5) as client:
             healthy = client.predict(*request, return_features=True)
             assert not healthy.degraded
-            stored = sum(1 for n in healthy.feature_names if n.startswith("zone_stats__"))
+            stored = sum(  # the features read from Redis: the batch view's and the windows'
+                1
+                for n in healthy.feature_names
+                if n.startswith(("zone_stats__", "zone_activity__"))
+            )
             redis_server.stop()
             degraded = client.predict(*request, return_features=True)
             assert degraded.degraded
