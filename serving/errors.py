@@ -38,6 +38,11 @@ class UsageError(CarraraError):
     """Bad command-line arguments or settings."""
 
 
+class UnsupportedError(UsageError):
+    """What this deployment cannot do, said to the caller (e.g. windowed views on a Redis
+    Cluster): gRPC FAILED_PRECONDITION with this message."""
+
+
 class PlanError(CarraraError):
     """The serving plan is missing, stale or inconsistent with the feature repo."""
 

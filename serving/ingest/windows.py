@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from serving.errors import InvalidRequestError, UsageError
+from serving.errors import InvalidRequestError, UnsupportedError
 from serving.repo.plan import FeatureViewPlan, ServingPlan
 from serving.store.connection import RedisConnection
 from serving.store.online_store import OnlineStore
@@ -58,7 +58,7 @@ class WindowWriter:
         self, plan: ServingPlan, store: OnlineStore, clock: Callable[[], float] = time.time
     ) -> None:
         if not isinstance(store.connection, RedisConnection):
-            raise UsageError(
+            raise UnsupportedError(
                 "windowed feature views are kept on one Redis server, not a Redis Cluster: "
                 "their tiles, values and stream are updated in one atomic script"
             )

@@ -30,6 +30,7 @@ from serving.errors import (
     PermissionDeniedError,
     PlanError,
     StoreUnavailableError,
+    UnsupportedError,
     echo,
 )
 from serving.ingest.push import PushTarget, push_columns
@@ -58,6 +59,7 @@ STATUS_OF: tuple[tuple[type[CarraraError], grpc.StatusCode, str | None], ...] = 
     (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED, None),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, "the online store is unavailable"),
     (ModelError, grpc.StatusCode.FAILED_PRECONDITION, "this model version is broken on the server"),
+    (UnsupportedError, grpc.StatusCode.FAILED_PRECONDITION, None),
 )
 INTERNAL = (grpc.StatusCode.INTERNAL, "internal error; see the server log")
 # serving.store.reads.Status (MISSING 0, PRESENT 1, STALE 2) -> the wire's FeatureStatus

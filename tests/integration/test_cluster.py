@@ -8,6 +8,7 @@ ports, configured the Feast way (`redis_type: redis_cluster`, every node in the 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -213,3 +214,22 @@ def test_an_error_reply_on_a_cluster_is_the_store_s_error_not_a_raw_one(
             store.connection.exchange_keyed([key], [hget], 1.0)
     finally:
         store.close()
+
+
+def test_a_push_to_windowed_views_on_a_cluster_is_refused_saying_why(
+    cluster_repo: Path, cluster: LocalCluster, trained_registry: Path
+) -> None:
+    server = Server(ServerSettings(repo=cluster_repo, registry=trained_registry, port=0))
+    server.start()
+    now_us = int(time.time() * 1e6)
+    event = {"zone_id": [1], "trip_requested": [1], "driver_available": [0]}
+    try:
+        with (
+            PredictionClient(f"127.0.0.1:{server.port}", timeout_s=5) as client,
+            pytest.raises(grpc.RpcError) as refused,
+        ):
+            client.push("zone_events", {**event, "event_timestamp": [now_us]})
+    finally:
+        server.stop()
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "one Redis server, not a Redis Cluster" in str(refused.value.details())
