@@ -86,17 +86,23 @@ zone_info = FeatureView(
 
 
 @on_demand_feature_view(
-    sources=[zone_activity],
-    schema=[Field(name="demand_ratio", dtype=Float64)],
+    sources=[zone_activity, zone_info],
+    schema=[Field(name="demand_ratio", dtype=Float64),
+            Field(name="requests_per_km2", dtype=Float64)],
     mode="python",
 )
 def demand(inputs):
+    requests = inputs["sum_trip_requested_300s"]
     return {
         "demand_ratio": [
-            None if r is None or d is None else r / (d + 1) for r, d in zip(
-                inputs["sum_trip_requested_300s"], inputs["sum_driver_available_300s"]
-            )
-        ]
+            None if r is None or d is None else r / (d + 1)
+            for r, d in zip(requests, inputs["sum_driver_available_300s"])
+        ],
+        # a windowed and a plain view's feature together
+        "requests_per_km2": [
+            None if r is None or a is None else r / a
+            for r, a in zip(requests, inputs["area_km2"])
+        ],
     }
 
 
@@ -267,6 +273,7 @@ def test_on_demand_view_over_windows_is_computed_in_training_sets(repo: Path) ->
     assert list(found.columns) == [
         "zone_activity__sum_trip_requested_60s",
         "demand__demand_ratio",
+        "demand__requests_per_km2",
         "zone_info__area_km2",
     ]
     expected = brute_force(repo, plan, labels)
@@ -314,3 +321,6 @@ def test_offline_scoring_computes_on_demand_views_over_windows(repo: Path, tmp_p
     ratio = matrix[:, model.feature_names.index("demand__demand_ratio")]
     assert_column(ratio, list(requested / (drivers + 1)), "ratio")
     assert (ratio > 0).any()
+    area = rows["zone_id"].map({1: 1.5, 2: 2.0, 3: 0.5, 4: 3.0}).to_numpy(np.float64)
+    density = matrix[:, model.feature_names.index("demand__requests_per_km2")]
+    assert_column(density, list(requested / area), "requests per km2")  # a plain view read too
