@@ -31,12 +31,12 @@ def add(commands: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from serving.cli.card_text import (
-        comparison_lines,
         metrics_table,
         rows_text,
         total_rows,
         window_text,
     )
+    from serving.models.card import comparison_lines
     from serving.models.registry import ModelRegistry
     from serving.repo.model_kinds import model_kind
     from serving.training.train import train

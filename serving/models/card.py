@@ -327,3 +327,22 @@ def _metrics(d: Mapping[str, Any]) -> ErrorMetrics:
 
 def _columns(items: list[dict[str, Any]]) -> tuple[Column, ...]:
     return tuple(Column(name=_str(c["name"]), dtype=_str(c["dtype"])) for c in items)
+
+
+def comparison_lines(card: ModelCard, descriptions: Mapping[str, str] | None = None) -> list[str]:
+    """One line per compared feature service: the model's holdout RMSE beside the same
+    learner's on that service, e.g. `pricing_v2 RMSE 0.05818 vs pricing_v1 (batch features
+    only) 0.1306: 55.4% lower`."""
+    m = card.metrics
+    if m is None:
+        return []
+    lines = []
+    for service, other in m.comparisons.items():
+        what = (descriptions or {}).get(service)
+        name = f"{service} ({what})" if what else service
+        gain = m.comparison_improvement_pct(service).rmse
+        verdict = f"{abs(gain):.1f}% {'lower' if gain >= 0 else 'higher'}"
+        lines.append(
+            f"{card.feature_service} RMSE {m.model.rmse:.4g} vs {name} {other.rmse:.4g}: {verdict}"
+        )
+    return lines

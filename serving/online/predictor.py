@@ -69,6 +69,7 @@ class Predictor:
     ) -> None:
         self.plan = plan
         self._max_future_skew_s = max_future_skew_s
+        self._pusher: Pusher | None = None
         self._fallbacks = dict(fallbacks or {})
         self._repo = repo
         self._store = store
@@ -173,8 +174,14 @@ class Predictor:
         return [self.plan.feature_views[name] for name in sorted(names)]
 
     def pusher(self) -> Pusher:
-        """Pushes against the current plan and this server's online store."""
-        return Pusher(self.plan, self._repo, self._store, self._max_future_skew_s)
+        """Pushes against the current plan and this server's online store: one per plan (a
+        windowed push's writer registers its script once, not per call)."""
+        known = self._pusher
+        if known is None or known.plan is not self.plan:
+            known = self._pusher = Pusher(
+                self.plan, self._repo, self._store, self._max_future_skew_s
+            )
+        return known
 
     def lookup(self, feature_service: str | None, refs: Sequence[str]) -> FeatureLookup:
         key = (feature_service or "", tuple(refs))

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from serving.client import Column, PredictionClient
+from serving.models.card import comparison_lines
 from serving.models.registry import ModelRegistry
 from serving.online.server import Server, ServerSettings
 from serving.pb.carrara.v1 import prediction_pb2 as pb
@@ -171,13 +172,9 @@ def _example_requests(client: PredictionClient, repo: Path, registry: ModelRegis
     step("Predict(pricing): surge multiplier for three zones, now (1-minute windows live)")
     pricing = _pricing(client, [0, BURST_ZONE, 63])
     _print_reply(pricing, PRICING_SHOWN, {})
-    metrics = registry.card(f"pricing:{pricing.model_version}").metrics
-    for service, other in (metrics.comparisons if metrics else {}).items():
-        assert metrics is not None
-        print(
-            f"  holdout RMSE {metrics.model.rmse:.4f} vs {other.rmse:.4f} for the same learner "
-            f"on {service} (batch features only)"
-        )
+    card = registry.card(f"pricing:{pricing.model_version}")
+    for line in comparison_lines(card, {"pricing_v1": "batch features only, same learner"}):
+        print(f"  holdout: {line}")
     step("Predict(eta): trip duration for two trips")
     entities, request = _examples(repo, 2)
     eta = client.predict("eta", entities, request, return_features=True)

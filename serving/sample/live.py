@@ -50,15 +50,28 @@ def replay(repo: Path, redis_url: str, now_s: float | None = None) -> Replay:
     times = recent["event_timestamp"].cast(pa.timestamp("us", "UTC")).cast(pa.int64()).to_pylist()
     client = redis.Redis.from_url(redis_url)
     ingester = ingest(repo, STREAM, redis_url, consumer="demo", batch=1_000)
-    worker = threading.Thread(target=ingester.run, name="carrara-demo-ingest", daemon=True)
+    failed: list[CarraraError] = []
+
+    def consume() -> None:
+        try:
+            ingester.run()
+        except CarraraError as exc:  # said once, by the demo, not as a thread's traceback
+            failed.append(exc)
+
+    worker = threading.Thread(target=consume, name="carrara-demo-ingest", daemon=True)
     started = time.perf_counter()
     worker.start()
     try:
         _send(client, rows, [t + shift_us for t in times])
         deadline = time.monotonic() + INGEST_TIMEOUT_S
         while ingester.stats.events < len(rows):  # bounded by the deadline
+            if failed:
+                raise failed[0]
             if time.monotonic() > deadline or not worker.is_alive():
-                raise CarraraError(f"the demo's ingester took {ingester.stats.events} events")
+                raise CarraraError(
+                    f"the demo's ingester took {ingester.stats.events} of {len(rows)} events "
+                    f"in {INGEST_TIMEOUT_S:g} s"
+                )
             time.sleep(0.02)
     finally:
         ingester.stop.set()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from serving.store import codec
 
@@ -403,6 +404,7 @@ class WindowedView:
     def longest_s(self) -> int:
         return max(window for _, _, window, _ in self.aggregations)
 
+    @cached_property
     def settings_args(self) -> list[bytes]:
         """The section's head: hop, `_ts` field, key ttl, tiles' ttl, columns, aggregations
         (column index, function, tiles, kind, field) and each column's parts."""
@@ -456,7 +458,7 @@ def script_args(
         keys.append(view.active_key)
         for feast_key in section.feast_keys:
             keys += [view.tiles_key(feast_key), feast_key]
-        args += view.settings_args()
+        args += view.settings_args
         args += [str(len(section.feast_keys)).encode(), str(len(section.entity)).encode()]
         n = len(section.entity)
         ids = section.entry_ids if section.entry_ids is not None else [b""] * n

@@ -198,7 +198,8 @@ def test_card_keeps_comparisons_and_reads_cards_written_without(
 
 
 def test_card_text_sets_a_comparison_beside_the_model(card: ModelCard) -> None:
-    from serving.cli.card_text import comparison_lines, metrics_table
+    from serving.cli.card_text import metrics_table
+    from serving.models.card import comparison_lines
 
     assert card.metrics is not None
     metrics = replace(card.metrics, comparisons={"riders_v0": ErrorMetrics(2.0, 3.0)})
